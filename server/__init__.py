@@ -1,0 +1,1 @@
+"""lasa-steer's OpenAI-compatible server: a thin layer over the ``lasa_steer`` library."""
