@@ -2,8 +2,8 @@
 
 Benchmarks and what their prompts count as:
 
-* ``multijail``: harmful prompts, one CSV column per language (MultiJail format; read by
-  :func:`lasa_steer.data.load_multijail`).
+* ``multijail``: harmful prompts, one CSV column per language after ``id,source,tags``
+  (MultiJail format).
 * ``xstest``: XSTest prompts CSV (``id,prompt,type,label,...``), English; ``label=safe``
   prompts are harmless (over-refusal), ``label=unsafe`` contrasts are harmful.
 * ``polyrefuse-harmless``: PolyRefuse harmless instructions (JSON list of
@@ -13,6 +13,8 @@ Benchmarks and what their prompts count as:
   ``mgsm_<lang>.tsv`` or one such file; harmless, with a gold answer for utility.
 
 A malformed file raises :class:`~lasa_steer.errors.DataError` naming the file and the row.
+These readers are self-contained (the fit's loaders in ``data.py`` serve other formats), so
+``lasa eval`` does not depend on them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .data import lang_code, load_multijail
 from .errors import DataError
 
 HARMFUL, HARMLESS = "harmful", "harmless"
@@ -59,12 +60,40 @@ def parse_spec(spec: str, data_dir: Path) -> tuple[str, Path]:
     return name, Path(path).expanduser() if path else data_dir / DEFAULT_PATHS[name]
 
 
+def lang_code(code: str) -> str:
+    """ISO 639-1 code of a column or file-name language tag (``zh-CN`` -> ``zh``)."""
+    return code.strip().lower().replace("_", "-").split("-")[0]
+
+
 def read_multijail(path: Path) -> list[BenchItem]:
     if not path.is_file():
         raise DataError(f"{path}: no such MultiJail CSV file")
-    par = load_multijail(path)
-    return [BenchItem("multijail", lang, HARMFUL, str(i), text)
-            for lang, texts in par.sentences.items() for i, text in enumerate(texts)]
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: unreadable CSV ({exc})") from exc
+    if not rows:
+        raise DataError(f"{path}: row 1: empty file, expected a header")
+    header = rows[0]
+    langs = [(i, lang_code(c)) for i, c in enumerate(header)
+             if c.strip() and c not in ("id", "source", "tags")]
+    if not langs:
+        raise DataError(f"{path}: row 1: no language columns in header {header}")
+    id_col = header.index("id") if "id" in header else None
+    items = []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path}: row {n} has {len(row)} fields, the header has "
+                            f"{len(header)}")
+        rid = row[id_col] if id_col is not None else str(n - 2)
+        for i, lang in langs:
+            if not row[i].strip():
+                raise DataError(f"{path}: row {n} column {header[i]!r} is empty")
+            items.append(BenchItem("multijail", lang, HARMFUL, rid, row[i]))
+    return items
 
 
 def read_xstest(path: Path) -> list[BenchItem]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -65,8 +66,18 @@ def make_judge(args: argparse.Namespace):
     return PatternJudge()
 
 
+def find_data_dir(path: str | None) -> Path:
+    """``--data``, else ``$LASA_DATA``, else ``../shared/data`` from the working directory or
+    the source checkout (only used for benches named without a path)."""
+    if path:
+        return Path(path)
+    candidates = ([Path(os.environ["LASA_DATA"])] if os.environ.get("LASA_DATA") else []) + [
+        Path.cwd() / ".." / "shared" / "data",
+        Path(__file__).resolve().parents[3] / ".." / "shared" / "data"]
+    return next((c.resolve() for c in candidates if c.is_dir()), candidates[0])
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..data import default_data_dir
     from ..eval_cache import GenerationCache
     from ..eval_data import load_benches
     from ..eval_generate import Decoding, HFGenerator
@@ -75,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from ..loading import load_model
     from ..vector import SteeringVector
 
-    needs_data = any(":" not in b for b in args.bench)
-    data_dir = default_data_dir(args.data, required=needs_data) or Path(".")
+    data_dir = find_data_dir(args.data)
     items = load_benches(args.bench, data_dir, args.languages, args.limit, args.seed)
     judge = make_judge(args)
     vector = SteeringVector.load(args.vector)
