@@ -286,6 +286,8 @@ class _Spec:
                                "room to generate", param="messages" if kind ==
                                "chat.completion" else "prompt", code="context_length_exceeded")
             want = max_tokens if max_tokens is not None else rt.config.default_max_tokens
+            if rt.config.max_tokens_limit:
+                want = min(want, rt.config.max_tokens_limit)
             self.max_tokens.append(min(want, room))
         self.prompts = prompts
         self.temperature = 1.0 if req.temperature is None else req.temperature

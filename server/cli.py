@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="context window in tokens (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=512,
                    help="max_tokens when a request gives none (default 512)")
+    p.add_argument("--max-tokens-limit", type=int, default=None,
+                   help="cap every request's max_tokens at this (default: the context)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default auto)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -65,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         default_strength=args.default_strength, prefix_text=args.prefix_text,
         max_batch=args.max_batch, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
         max_model_len=args.max_model_len, default_max_tokens=args.default_max_tokens,
+        max_tokens_limit=args.max_tokens_limit,
         dtype=args.dtype, device=args.device, threads=args.threads)
 
 

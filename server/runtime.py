@@ -48,6 +48,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     max_model_len: int | None = None
     default_max_tokens: int = 512
+    max_tokens_limit: int | None = None  # hard cap on any request's max_tokens
     max_moderation_inputs: int = 64
     dtype: str | None = None
     device: str | None = None

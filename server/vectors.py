@@ -34,6 +34,16 @@ def check_name(name: str) -> str:
     return name
 
 
+def _own_memory(vector: SteeringVector) -> None:
+    """Copy the tensors out of the file's memory map: an admin overwriting a vector file
+    in place must not pull the pages from under a serving vector (SIGBUS)."""
+    for per_layer in vector.directions.values():
+        for layer in list(per_layer):
+            per_layer[layer] = per_layer[layer].clone()
+    if vector.gate is not None:
+        vector.gate.direction = vector.gate.direction.clone()
+
+
 class VectorRegistry:
     def __init__(self, model: torch.nn.Module, folder: Path | None,
                  extra: dict[str, SteeringVector] | None = None):
@@ -57,6 +67,7 @@ class VectorRegistry:
     def _read(self, path: Path) -> SteeringVector:
         check_name(path.stem)
         vector = SteeringVector.load(path)
+        _own_memory(vector)
         vector.check_model(self.model)
         return vector
 
