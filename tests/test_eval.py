@@ -12,6 +12,7 @@ import torch
 from helpers import make_vector
 from conftest import SHARED_DATA, make_tiny
 
+from lasa_steer.capture import gate_scores
 from lasa_steer.errors import DataError
 from lasa_steer.eval_cache import GenerationCache
 from lasa_steer.eval_data import (HARMFUL, HARMLESS, BenchItem, load_benches, mgsm_correct,
@@ -31,8 +32,10 @@ class ByteTokenizer:
     chat_template = None
     padding_side = "left"
 
-    def __call__(self, texts, return_tensors="pt", padding=True, add_special_tokens=False):
-        seqs = [[3 + (b % 125) for b in t.encode("utf-8")][-40:] or [3] for t in texts]
+    def __call__(self, texts, return_tensors=None, padding=True, add_special_tokens=False):
+        if isinstance(texts, str):  # capture() tokenises one text at a time
+            return {"input_ids": self._ids(texts)}
+        seqs = [self._ids(t) for t in texts]
         width = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -40,6 +43,10 @@ class ByteTokenizer:
             ids[i, width - len(s):] = torch.tensor(s)
             mask[i, width - len(s):] = 1
         return {"input_ids": ids, "attention_mask": mask}
+
+    @staticmethod
+    def _ids(text):
+        return [3 + (b % 125) for b in text.encode("utf-8")][-40:] or [3]
 
     def batch_decode(self, ids, skip_special_tokens=True):
         return ["".join(chr(97 + (int(t) % 26)) for t in row if int(t) > 2) for row in ids]
@@ -71,6 +78,9 @@ class CountingGenerator:
 
     def key(self, prompt, steered):
         return self.inner.key(prompt, steered)
+
+    def gate(self, prompts):
+        return self.inner.gate(prompts)
 
     def generate(self, prompts, steered):
         self.calls += 1
@@ -140,7 +150,8 @@ def test_judge_failures_are_counted_and_left_out_of_rates():
 
 def test_resume_after_interruption_redoes_nothing(tiny_llama, tmp_path):
     vector = make_vector(tiny_llama, threshold=0.0, norm=50.0)
-    inner = HFGenerator(tiny_llama, ByteTokenizer(), vector, Decoding(max_new_tokens=5))
+    inner = HFGenerator(tiny_llama, ByteTokenizer(), vector, Decoding(max_new_tokens=5),
+                        reuse_unfired=False)
     items = _items()  # 13 prompts -> 5 batches of 3 per pass -> 10 generate calls
     path = tmp_path / "cache.jsonl"
     first = CountingGenerator(inner, fail_on_call=4)
@@ -166,6 +177,34 @@ def test_resume_after_interruption_redoes_nothing(tiny_llama, tmp_path):
         for steered in (False, True):
             k = inner.key(it.prompt, steered)
             assert cache.get(k)["text"] == fresh.get(k)["text"]
+
+
+@pytest.mark.parametrize("threshold", [1e9, -1e9, None])
+def test_unfired_rows_reuse_the_identical_unsteered_completion(tiny_llama, tmp_path, threshold):
+    tok = ByteTokenizer()
+    items = _items()
+    vector = make_vector(tiny_llama, threshold=threshold or 0.0, norm=50.0)
+    if threshold is None:  # between the 7th and 8th gate score: a mixed batch
+        scores, _ = gate_scores(tiny_llama, tok, vector, [it.prompt for it in items])
+        ordered = scores.sort().values
+        vector.gate.threshold = float(ordered[6] + ordered[7]) / 2
+    fast = CountingGenerator(HFGenerator(tiny_llama, tok, vector, Decoding(max_new_tokens=5)))
+    slow = CountingGenerator(HFGenerator(tiny_llama, tok, vector, Decoding(max_new_tokens=5),
+                                         reuse_unfired=False))
+    c_fast, c_slow = GenerationCache(tmp_path / "f"), GenerationCache(tmp_path / "s")
+    generate_all(items, fast, c_fast, batch_size=4, progress=False)
+    generate_all(items, slow, c_slow, batch_size=4, progress=False)
+    fired = [c_slow.get(slow.key(it.prompt, True))["fired"] for it in items]
+    assert fast.prompts == len(items) + sum(fired)
+    assert slow.prompts == 2 * len(items)
+    if threshold is None:
+        assert sum(fired) == 6  # a mixed case
+    for it, f in zip(items, fired):
+        a, b = c_fast.get(fast.key(it.prompt, True)), c_slow.get(slow.key(it.prompt, True))
+        assert a["text"] == b["text"] and a["fired"] == f
+        assert a.get("reused", False) is (not f)
+        if not f:  # the engine leaves unfired rows untouched in a steered batch, too
+            assert b["text"] == c_slow.get(slow.key(it.prompt, False))["text"]
 
 
 def test_cache_key_depends_on_decoding_vector_and_prompt(tiny_llama):

@@ -3,6 +3,12 @@
 Both passes use the same decoding settings; the steered pass wraps ``model.generate`` in
 :func:`lasa_steer.steer`, whose engine reads the gate at each row's last real prompt token
 (left padding) and records per-row ``scores`` and ``fired``.
+
+Shortcut (``reuse_unfired``, on by default in ``mode='gate'``): a row whose gate does not
+fire is not modified by any hook, so its steered completion is its unsteered one. The
+steered pass therefore first scores the gate (a forward pass up to the gate's block only)
+and generates only the rows that fire; the others reuse the unsteered completion and are
+marked ``reused`` in the audit file. ``lasa eval --no-reuse`` generates every row instead.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
+from .capture import gate_scores
 from .eval_cache import digest, tensor_digest
 from .identity import ModelIdentity
 from .prompts import format_prompt
@@ -50,6 +57,8 @@ class Generator(Protocol):
 
     def generate(self, prompts: Sequence[str], steered: bool) -> list[Generation]: ...
 
+    # Optional: ``gate(prompts) -> [(fired, score), ...]`` or None (see module docstring).
+
 
 def vector_fingerprint(vector: SteeringVector) -> str:
     meta = vector.metadata()
@@ -67,8 +76,11 @@ class HFGenerator:
     """Greedy (or sampled) batched ``generate`` of a Hugging Face model, left-padded."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, vector: SteeringVector,
-                 decoding: Decoding = Decoding()):
+                 decoding: Decoding = Decoding(), reuse_unfired: bool = True,
+                 batch_size: int = 16):
         self.model = model
+        self.reuse_unfired = reuse_unfired
+        self.batch_size = batch_size
         self.tok = tokenizer
         self.vector = vector
         self.decoding = decoding
@@ -79,6 +91,15 @@ class HFGenerator:
     def key(self, prompt: str, steered: bool) -> str:
         return digest("lasa-eval-v1", self._model_fp, self._vector_fp if steered else None,
                       prompt, steered, asdict(self.decoding))
+
+    def gate(self, prompts: Sequence[str]) -> list[tuple[bool, float]] | None:
+        """Gate decisions for the steered pass, or None when every row must be generated."""
+        d = self.decoding
+        if not self.reuse_unfired or d.mode != "gate" or self.vector.gate is None:
+            return None
+        scores, fired = gate_scores(self.model, self.tok, self.vector, list(prompts),
+                                    batch_size=self.batch_size, chat=d.chat)
+        return [(bool(f), float(s)) for f, s in zip(fired.tolist(), scores.tolist())]
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], steered: bool) -> list[Generation]:

@@ -36,7 +36,9 @@ METRICS = ("asr_before", "asr_after", "refusal_before", "refusal_after", "fire_h
 def generate_all(items: Sequence[BenchItem], generator: Generator, cache: GenerationCache,
                  batch_size: int = 8, progress: bool = True) -> int:
     """Generate (unsteered, then steered) every prompt missing from ``cache``, batch by
-    batch, appending each finished batch to the cache. Returns how many were generated."""
+    batch, appending each finished batch to the cache. Returns how many were generated
+    (rows whose steered completion reuses the unsteered one, see
+    :mod:`lasa_steer.eval_generate`, are recorded but not counted)."""
     jobs: list[tuple[bool, list[str]]] = []
     for steered in (False, True):
         seen: set[str] = set()
@@ -54,6 +56,8 @@ def generate_all(items: Sequence[BenchItem], generator: Generator, cache: Genera
     try:
         for steered, pending in jobs:
             bar.set_postfix_str("steered" if steered else "unsteered")
+            if steered:
+                pending = _reuse_unfired(pending, generator, cache, bar)
             for start in range(0, len(pending), batch_size):
                 batch = pending[start: start + batch_size]
                 outs = generator.generate(batch, steered)
@@ -67,6 +71,27 @@ def generate_all(items: Sequence[BenchItem], generator: Generator, cache: Genera
     finally:
         bar.close()
     return done
+
+
+def _reuse_unfired(pending: list[str], generator: Generator, cache: GenerationCache,
+                   bar: Any) -> list[str]:
+    """Record the unsteered completion for rows whose gate does not fire; return the rest."""
+    gate = getattr(generator, "gate", None)
+    decisions = gate(pending) if gate is not None and pending else None
+    if decisions is None:
+        return pending
+    rest, reused = [], []
+    for prompt, (fired, score) in zip(pending, decisions):
+        before = cache.get(generator.key(prompt, False))
+        if fired or before is None:
+            rest.append(prompt)
+        else:
+            reused.append({"key": generator.key(prompt, True), "prompt": prompt,
+                           "steered": True, "text": before["text"], "fired": False,
+                           "score": score, "reused": True})
+    cache.add_many(reused)
+    bar.update(len(reused))
+    return rest
 
 
 def judge_all(items: Sequence[BenchItem], generator: Generator, cache: GenerationCache,
@@ -84,7 +109,8 @@ def judge_all(items: Sequence[BenchItem], generator: Generator, cache: Generatio
             rec[side] = {"completion": gen["text"], "refused": j.refused, "reason": j.reason,
                          "judge_failed": j.failed}
             if steered:
-                rec[side].update(fired=gen.get("fired"), score=gen.get("score"))
+                rec[side].update(fired=gen.get("fired"), score=gen.get("score"),
+                                 reused=bool(gen.get("reused", False)))
             if it.answer is not None:
                 rec[side]["correct"] = mgsm_correct(gen["text"], it.answer)
         records.append(rec)

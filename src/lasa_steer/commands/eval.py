@@ -49,6 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-model", default=None, help="model name at --judge-url")
     p.add_argument("--judge-timeout", type=float, default=30.0)
     p.add_argument("--judge-retries", type=int, default=2)
+    p.add_argument("--no-reuse", action="store_true",
+                   help="generate the steered pass for every row, even where the gate does "
+                   "not fire (default: such rows reuse the identical unsteered completion)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest on a busy shared CPU)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -86,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
     from ..loading import load_model
     from ..vector import SteeringVector
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     data_dir = find_data_dir(args.data)
     items = load_benches(args.bench, data_dir, args.languages, args.limit, args.seed)
     judge = make_judge(args)
@@ -99,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
     cache = GenerationCache(args.cache or out / "cache.jsonl")
     log.info("%d prompts x 2 passes; %d generations already cached", len(items), len(cache))
     t0 = time.time()
-    records, summary = run_eval(items, HFGenerator(model, tok, vector, decoding), judge,
+    records, summary = run_eval(items, HFGenerator(model, tok, vector, decoding,
+                                                     reuse_unfired=not args.no_reuse,
+                                                     batch_size=args.batch_size), judge,
                                 cache, args.batch_size, progress=not args.no_progress)
     meta = {"model": args.model, "vector": args.vector, "benches": " ".join(args.bench),
             "languages": " ".join(args.languages) if args.languages else "all",
