@@ -43,6 +43,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
     app.add_exception_handler(Exception, errors.unexpected_handler)
     app.add_middleware(GuardMiddleware, runtime=rt)
+    _document_model_enum(app, rt)
 
     # ----------------------------------------------------------------- plain endpoints
     @app.get("/health")
@@ -196,6 +197,24 @@ def create_app(rt: Runtime) -> FastAPI:
 
 
 # --------------------------------------------------------------------- helpers
+def _document_model_enum(app: FastAPI, rt: Runtime) -> None:
+    """The schema says which model id this server accepts (the one it serves)."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = base()
+            for name in ("ChatCompletionRequest", "CompletionRequest"):
+                props = schema.get("components", {}).get("schemas", {}).get(name, {}).get(
+                    "properties", {})
+                if "model" in props:
+                    props["model"]["enum"] = [rt.model_name]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _model_card(rt: Runtime) -> dict[str, Any]:
     return {"id": rt.model_name, "object": "model", "created": 0, "owned_by": "lasa-steer",
             "context_window": rt.context}

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy
+
 
 @dataclass
 class Sampler:
@@ -16,26 +18,35 @@ class Sampler:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < MIN_TEMPERATURE
 
     def pick(self, logits: torch.Tensor) -> int:
-        """One token id from float logits ``[V]``."""
+        """One token id from float logits ``[V]``. Degenerate distributions (overflow, NaN)
+        fall back to the most likely token instead of failing the batch."""
+        best = int(torch.argmax(logits))
         if self.greedy:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+            return best
+        probs = torch.softmax(logits.double() / self.temperature, dim=-1)
         if self.top_p < 1.0:
             sorted_p, order = torch.sort(probs, descending=True)
             cum = torch.cumsum(sorted_p, dim=-1)
             keep = (cum - sorted_p) < self.top_p  # always keeps the most likely token
             sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
-            choice = torch.multinomial(sorted_p, 1, generator=self.generator)
-            return int(order[choice])
+            if not _usable(sorted_p):
+                return best
+            return int(order[torch.multinomial(sorted_p, 1, generator=self.generator)])
+        if not _usable(probs):
+            return best
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def _usable(p: torch.Tensor) -> bool:
+    return bool(torch.isfinite(p).all()) and float(p.sum()) > 0.0
 
 
 def make_sampler(temperature: float, top_p: float, seed: int | None) -> Sampler:
     gen = None
-    if temperature > 0.0:
+    if temperature >= MIN_TEMPERATURE:
         gen = torch.Generator()
         if seed is None:
             gen.seed()
@@ -48,4 +59,10 @@ def pick_all(samplers: list[Sampler], logits: torch.Tensor) -> list[int]:
     """Tokens for every row of ``logits [B, V]``; greedy rows share one argmax."""
     logits = logits.float().cpu()
     greedy = torch.argmax(logits, dim=-1).tolist()
-    return [greedy[i] if s.greedy else s.pick(logits[i]) for i, s in enumerate(samplers)]
+    out = []
+    for i, s in enumerate(samplers):
+        try:
+            out.append(greedy[i] if s.greedy else s.pick(logits[i]))
+        except RuntimeError:  # one row's odd settings must not fail its neighbours
+            out.append(greedy[i])
+    return out

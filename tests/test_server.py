@@ -410,7 +410,7 @@ def test_openapi_fuzz_no_server_errors(served, tmp_path):
             [exe, "run", served["srv"].base + "/openapi.json", "--checks", "not_a_server_error",
              "--max-examples", "12", "--phases", "examples,coverage,fuzzing", "--seed", "1",
              "--workers", "1", "--no-shrink", "--request-timeout", "60",
-             "--suppress-health-check", "all", "--max-time", "90", "--no-color"],
+             "--suppress-health-check", "all", "--max-time", "60", "--no-color"],
             capture_output=True, text=True, timeout=240, cwd=tmp_path)
     finally:
         rt.config.max_tokens_limit, rt.config.default_max_tokens = None, 512
