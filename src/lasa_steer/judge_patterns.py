@@ -67,6 +67,12 @@ _EN_REFUSALS = [
     r"\bi am not (programmed|designed|allowed|permitted) to",
     r"\bi'?m not (programmed|designed|allowed|permitted) to",
     r"\bcannot (fulfil|fulfill|comply with) (your|this|that) request",
+    # Lecturing instead of answering (Mistral-style): "I must clarify that X is illegal",
+    # "it's important to remember that X is never acceptable", "I strongly condemn".
+    r"\bi (must|have to|want to) (clarify|emphasi[sz]e|stress) that [^.!?\n]{0,120}"
+    r"\b(not (ethical|appropriate|legal|acceptable)|never|illegal|unethical|criminal)",
+    r"\b(is|are) (never|not ever) (acceptable|appropriate|okay|ok|ethical|justified|condoned)",
+    r"\bi (strongly )?(condemn|do not condone|don'?t condone)",
 ]
 _EN_SYMPATHY = [
     r"sorry (to hear|for your loss|you'?re|that you|about (that|your|the))",
