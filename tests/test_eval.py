@@ -4,7 +4,6 @@ interruption, benchmark readers and their errors, report files, and the CLI end 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from lasa_steer.eval_data import (HARMFUL, HARMLESS, BenchItem, load_benches, mg
                                   read_xstest, select)
 from lasa_steer.eval_generate import Decoding, HFGenerator
 from lasa_steer.eval_report import markdown, write_all
-from lasa_steer.evaluate import aggregate, generate_all, judge_all, run_eval
+from lasa_steer.evaluate import aggregate, generate_all, run_eval
 from lasa_steer.judge import Judgement
 
 
