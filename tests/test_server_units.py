@@ -77,15 +77,21 @@ def test_kv_merge_and_select_match_separate_runs():
     torch.testing.assert_close(after, ref, rtol=1e-4, atol=1e-4)
 
 
-def _run_jobs(sched, specs, stagger_event=None):
-    """Submit (prompt, steering, max_tokens) jobs; return generated text per job."""
+def _run_jobs(sched, specs, join_after=None):
+    """Submit (prompt, steering, max_tokens) jobs; return generated text per job. Jobs from
+    index ``join_after`` on are submitted when job 0 has produced text, so they join a
+    running batch."""
     out, done = {}, threading.Event()
+    later: list = []
     left = [len(specs)]
     lock = threading.Lock()
 
     def emitter(k):
         def emit(evs):
             for e in evs:
+                if k == 0 and later and e["type"] == "text":
+                    while later:
+                        sched.submit(later.pop(0))
                 if e["type"] == "text":
                     out[k] = out.get(k, "") + e["text"]
                 if e["type"] in ("done", "error"):
@@ -96,10 +102,14 @@ def _run_jobs(sched, specs, stagger_event=None):
                             done.set()
         return emit
 
-    for k, (prompt, steering, max_tokens) in enumerate(specs):
-        sched.submit(Job(id=str(k), prompt_ids=prompt, max_tokens=max_tokens,
-                         samplers=[make_sampler(0.0, 1.0, None)], emit=emitter(k),
-                         steering=steering))
+    jobs = [Job(id=str(k), prompt_ids=prompt, max_tokens=max_tokens,
+                samplers=[make_sampler(0.0, 1.0, None)], emit=emitter(k), steering=steering)
+            for k, (prompt, steering, max_tokens) in enumerate(specs)]
+    if join_after:
+        later.extend(jobs[join_after:])
+        jobs = jobs[:join_after]
+    for job in jobs:
+        sched.submit(job)
     assert done.wait(60)
     return [out.get(k, "") for k in range(len(specs))]
 
@@ -114,9 +124,10 @@ def test_scheduler_batch_invariance_with_mixed_steering():
                     RowSteering(vec, 0.5, "always"), RowSteering(vec, 1.0, "gate", "project")]
         specs = [([3 + i, 4 + 2 * i, 5 + i][: 2 + i % 2] * (1 + i % 3), settings[i % 4],
                   6 + i % 5) for i in range(12)]
+        specs[0] = (specs[0][0], specs[0][1], 20)  # long-running first row
         alone = [_run_jobs(sched, [s])[0] for s in specs]
-        together = _run_jobs(sched, specs)
-        assert together == alone
+        assert _run_jobs(sched, specs) == alone  # one prefill group
+        assert _run_jobs(sched, specs, join_after=4) == alone  # 8 rows join a running batch
         # steering changes the output (the vector is strong), so rows did not share it
         assert alone[0] != _run_jobs(sched, [(specs[0][0], settings[2], specs[0][2])])[0]
         for _ in range(200):  # 'done' is sent just before the row leaves the batch
