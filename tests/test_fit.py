@@ -97,11 +97,15 @@ def test_auroc_with_ties():
 
 
 def test_choose_trial_prefers_weakest_effective_strength():
-    t = lambda d, s, hr, sr: StrengthTrial(d, s, hr, sr, 0.1 * s, 0.5)  # noqa: E731
-    trials = [t("a", 1, 0.2, 0.0), t("a", 2, 0.8, 0.0), t("a", 4, 0.82, 0.05),
-              t("b", 2, 0.9, 0.5), t("b", 4, 1.0, 0.6)]
-    best = choose_trial(trials, max_harmless_refusal=0.1, slack=0.05)
+    def t(d, s, hr, kl_):
+        return StrengthTrial(d, s, hr, 0.0, kl_, 0.5)
+    trials = [t("a", 1, 0.2, 0.1), t("a", 2, 0.8, 0.3), t("a", 4, 0.82, 0.6),
+              t("b", 2, 0.9, 1.5), t("b", 4, 1.0, 2.0)]
+    best = choose_trial(trials, max_harmless_kl=1.0, slack=0.05)
     assert (best.direction, best.strength) == ("a", 2)
+    assert choose_trial(trials, max_harmless_kl=5.0).direction == "b"
+    # nothing within the bound: the least disruptive trial
+    assert choose_trial(trials, max_harmless_kl=0.01).strength == 1
 
 
 # ---------------------------------------------------------------------- tiny end to end

@@ -137,6 +137,10 @@ class LayerReport:
         d["band"] = list(self.band)
         return d
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "LayerReport":
+        return cls(**{**data, "band": tuple(data["band"])})
+
     def save(self, json_path: str | Path, png_path: str | Path | None = None) -> None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(self.to_json(), indent=2) + "\n")

@@ -1,9 +1,10 @@
 """Calibration on validation data: the gate threshold and the steering strength.
 
 The threshold is set on harmless prompts only, for a target false-positive rate: what a
-deployer controls is how often benign users get steered. The strength is the smallest one
-on a grid that makes (nearly) as many harmful prompts refuse as the strongest, while
-harmless outputs stay close to the unsteered model (first-token KL and greedy agreement).
+deployer controls is how often benign users get steered. The strength (and refusal
+direction) is the weakest on a grid that makes (nearly) as many harmful prompts refuse as the
+best, among settings that keep harmless replies coherent (first-token KL bound); closeness
+of harmless outputs as deployed (gate mode) is then measured and reported.
 """
 
 from __future__ import annotations
@@ -121,12 +122,16 @@ class StrengthTrial:
                 "samples": self.samples}
 
 
-def choose_trial(trials: Sequence[StrengthTrial], max_harmless_refusal: float = 0.1,
+def choose_trial(trials: Sequence[StrengthTrial], max_harmless_kl: float = 1.0,
                  slack: float = 0.05) -> StrengthTrial:
-    """Among trials whose harmless refusal rate stays within ``max_harmless_refusal``, take
-    the best harmful refusal rate; among those within ``slack`` of it, the weakest strength
-    (then the lowest harmless KL)."""
-    ok = [t for t in trials if t.harmless_refusal <= max_harmless_refusal] or list(trials)
+    """Among trials whose first-token KL on harmless prompts (steered always) stays within
+    ``max_harmless_kl`` nats (a coherence guard: beyond it the model's replies break down),
+    take the best harmful refusal rate; among those within ``slack`` of it, the weakest
+    strength (then the lowest KL). Harmless refusal under ``mode='always'`` is reported but
+    not constrained: as deployed the gate keeps harmless prompts unsteered, which the fit
+    checks separately in gate mode."""
+    ok = [t for t in trials if t.harmless_kl <= max_harmless_kl] or \
+        [min(trials, key=lambda t: t.harmless_kl)]
     best = max(t.harmful_refusal for t in ok)
     near = [t for t in ok if t.harmful_refusal >= best - slack]
     return min(near, key=lambda t: (t.strength, t.harmless_kl))

@@ -55,7 +55,7 @@ class FitConfig:
     refusal_span: float = 0.1                # blocks after the gate that get directions
     steer_layers: Sequence[int] | None = None  # default steering blocks; None: first one
     fpr: float = 0.02
-    strengths: Sequence[float] = (2.0, 4.0, 6.0, 8.0)
+    strengths: Sequence[float] = (3.0, 4.0, 5.0)
     refusal_prefixes: Sequence[str] = ("I cannot", "I'm sorry, but I can't",
                                        "I apologize, but I cannot")
     compliance_prefixes: Sequence[str] = ("Sure, here", "Of course! Here", "Certainly, here is")
@@ -64,7 +64,7 @@ class FitConfig:
     calib_harmful_per_language: int = 2
     calib_harmless_per_language: int = 1
     max_new_tokens: int = 16
-    max_harmless_refusal: float = 0.1
+    max_harmless_kl: float = 1.0             # nats, first reply token, mode=always
     remove_language: bool = True
     batch_size: int = 16
     seed: int = 0
@@ -196,7 +196,7 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
                                  clamp_targets=clamp_targets)
     trials, baseline = _strength_trials(model, tokenizer, provisional, val, cfg, judge,
                                         steer_layers)
-    best = choose_trial(trials, cfg.max_harmless_refusal)
+    best = choose_trial(trials, cfg.max_harmless_kl)
     directions = {"refusal": {i: cands[best.direction][i].clone() for i in steer_layers},
                   **cands}
     clamp_targets["refusal"] = {i: clamp_targets[best.direction][i] for i in steer_layers}

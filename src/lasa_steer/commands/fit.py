@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steer-layers", help="comma-separated blocks steered by default "
                                           "(default: the first block after the bottleneck)")
     p.add_argument("--fpr", type=float, default=0.02, help="gate target FPR (default 0.02)")
-    p.add_argument("--strengths", default="2,4,6,8", help="strength grid to calibrate")
+    p.add_argument("--strengths", default="3,4,5", help="strength grid to calibrate")
     p.add_argument("--contrastive-per-language", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)

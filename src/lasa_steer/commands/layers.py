@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     band = tuple(float(x) for x in args.band.split(","))
     report = analyze_layers(model, tok, [p for _, p in sets], harm, chat=args.chat, band=band,  # type: ignore[arg-type]
                             batch_size=args.batch_size, progress=not args.no_progress,
-                            model_name=args.model)
+                            model_name=Path(args.model).stem if args.model.endswith(".gguf")
+                            else args.model)
     out = Path(args.out)
     report.save(Path(f"{out}.json"), Path(f"{out}.png"))
     print(f"bottleneck block {report.chosen} of {report.num_layers} (raw silhouette-difference "
