@@ -269,10 +269,11 @@ def _steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, dict[str
     strength = s.strength if s.strength is not None else (
         c.default_strength if action == vector.default_action else None)
     try:
-        row = RowSteering(vector=vector, strength=strength, mode=mode, action=action).resolved()
+        row = RowSteering(vector=vector, strength=strength, mode=mode, action=action,
+                          direction=s.direction).resolved()
     except SteeringConfigError as exc:
         raise APIError(400, f"steering: {exc}", param="steering") from exc
-    return row, {"vector": name, "mode": mode, "action": action,
+    return row, {"vector": name, "mode": mode, "action": action, "direction": row.direction,
                  "strength": row.strength}, False
 
 

@@ -26,6 +26,8 @@ class Steering(_Body):
     strength: Optional[float] = Field(None, ge=-1000.0, le=1000.0, allow_inf_nan=False)
     mode: Optional[Literal["gate", "always", "off"]] = None
     action: Optional[Literal["add", "project", "clamp", "prefix"]] = None
+    direction: Optional[str] = Field(None, max_length=64,
+                                     description="named direction in the vector file")
 
 
 class StreamOptions(_Body):

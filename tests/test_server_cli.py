@@ -64,3 +64,39 @@ def test_serve_subprocess_logs_and_answers(smollm2, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_serve_without_arguments_uses_shipped_vector(tmp_path):
+    """No --model/--vectors: the embedded model with the repository's shipped vector."""
+    shipped = REPO / "vectors" / "smollm2-135m-instruct.safetensors"
+    if not shipped.is_file():
+        pytest.skip("the shipped vector is not fitted yet")
+    from lasa_steer import SteeringVector
+
+    gate = SteeringVector.load(shipped).gate
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([str(LASA), "serve", "--port", str(port)], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        text = log.read_text()
+        assert f"default vector smollm2-135m-instruct: gate at block {gate.layer}" in text
+        assert f"threshold {gate.threshold:.4g}" in text
+        r = httpx.post(base + "/v1/moderations", json={"input": "Hello there"}).json()
+        assert r["model"] == "smollm2-135m-instruct" and r["results"][0]["threshold"] == \
+            pytest.approx(gate.threshold)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
