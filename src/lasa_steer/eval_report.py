@@ -55,7 +55,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     benches = [b for b in summary["averages"] if b in BENCH_METRIC]
-    fig, axes = plt.subplots(len(benches) or 1, 1, figsize=(10, 2.8 * max(1, len(benches))),
+    fig, axes = plt.subplots(len(benches) or 1, 1, figsize=(11, 2.8 * max(1, len(benches))),
                              squeeze=False)
     for ax, bench in zip(axes[:, 0], benches):
         metric, title = BENCH_METRIC[bench]
@@ -64,15 +64,17 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         before = [100 * (r[f"{metric}_before"] or 0.0) for r in rows]
         after = [100 * (r[f"{metric}_after"] or 0.0) for r in rows]
         xs = range(len(langs))
-        ax.bar([x - 0.2 for x in xs], before, width=0.4, label="before (unsteered)",
-               color="#999999")
-        ax.bar([x + 0.2 for x in xs], after, width=0.4, label="after (steered)",
-               color="#1f77b4")
+        for offset, values, label, color in ((-0.2, before, "before (unsteered)", "#999999"),
+                                             (0.2, after, "after (steered)", "#1f77b4")):
+            bars = ax.bar([x + offset for x in xs], values, width=0.4, label=label,
+                          color=color)
+            ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
         ax.set_xticks(list(xs), langs)
-        ax.set_ylim(0, 100)
+        ax.set_xlim(-0.7, max(len(langs), 4) - 0.3)  # one language: keep bars narrow
+        ax.set_ylim(0, 112)
         ax.set_ylabel("%")
         ax.set_title(f"{bench}: {title}", fontsize=10)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
