@@ -6,7 +6,9 @@ completion tokens per second over the wall time of the wave, p50/p95 request lat
 server process's peak RSS; then the latency of ``/v1/moderations`` (gate only: the model runs
 up to the bottleneck block) against a full chat prefill (``max_tokens=1``) on lasa.
 
-The servers run one after the other, never together. Usage::
+Both servers are loaded side by side but measured one at a time (the other idles), in
+interleaved rounds, and the best wave per server and N is reported: the benchmark machine is
+shared, so a single wave may be slowed by other jobs. Usage::
 
     python benchmarks/serve.py                       # N = 1, 8, 16; 64 tokens
     python benchmarks/serve.py --n 1 16 --threads 2 --json out/serve.json
@@ -123,38 +125,48 @@ def wave(base: str, model: str, n: int, max_tokens: int, extra: dict | None) -> 
             "p95_s": round(lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))], 3)}
 
 
-def run_server(name: str, cmd: list[str], env: dict, base: str, ready: str, model: str,
-               ns: list[int], max_tokens: int, extra: dict | None, log: Path,
-               after=None) -> dict:
-    print(f"== {name}: {' '.join(cmd)}", flush=True)
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                cwd=REPO)
-    try:
-        wait_ready(base, proc, ready)
-        if model == "":
-            model = httpx.get(base + "/v1/models").json()["data"][0]["id"]
-        chat_once(base, model, "Hello!", 8, extra)  # warm-up
-        watch = RssWatch(proc.pid)
-        rows = []
-        for n in ns:
-            row = wave(base, model, n, max_tokens, extra)
-            print(f"   N={n:>3}: {row['tokens']} tokens in {row['wall_s']} s = "
-                  f"{row['tok_per_s']} tok/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s",
-                  flush=True)
-            rows.append(row)
-        peak = watch.stop()
-        out = {"server": name, "model": model, "rows": rows, "peak_rss_mib": peak >> 20}
-        print(f"   peak RSS {peak >> 20} MiB", flush=True)
-        if after:
-            out.update(after(base, model))
-        return out
-    finally:
-        proc.terminate()
+class Server:
+    """A server subprocess, its base URL, model id and peak-RSS watcher."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict, port: int, log: Path,
+                 model: str, extra: dict | None):
+        print(f"== {name}: {' '.join(cmd)}", flush=True)
+        self.name, self.base, self.model, self.extra = name, f"http://127.0.0.1:{port}", model, extra
+        with open(log, "w") as fh:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                         cwd=REPO)
+        self.watch: RssWatch | None = None
+        self.rows: dict[int, list[dict]] = {}
+
+    def start(self) -> None:
+        wait_ready(self.base, self.proc, "/health")
+        if not self.model:
+            self.model = httpx.get(self.base + "/v1/models").json()["data"][0]["id"]
+        chat_once(self.base, self.model, "Hello!", 8, self.extra)  # warm-up
+        self.watch = RssWatch(self.proc.pid)
+
+    def wave(self, n: int, max_tokens: int) -> None:
+        row = wave(self.base, self.model, n, max_tokens, self.extra)
+        print(f"   {self.name[:24]:<24} N={n:>3}: {row['tokens']} tokens in {row['wall_s']} s "
+              f"= {row['tok_per_s']} tok/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s",
+              flush=True)
+        self.rows.setdefault(n, []).append(row)
+
+    def summary(self) -> dict:
+        best = {n: max(rows, key=lambda r: r["tok_per_s"]) for n, rows in self.rows.items()}
+        peak = self.watch.peak if self.watch else 0
+        return {"server": self.name, "model": self.model, "peak_rss_mib": peak >> 20,
+                "rows": [best[n] for n in sorted(best)],
+                "all_rounds": {str(n): rows for n, rows in self.rows.items()}}
+
+    def stop(self) -> None:
+        if self.watch:
+            self.watch.stop()
+        self.proc.terminate()
         try:
-            proc.wait(timeout=20)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
 
 
 def moderation_vs_prefill(base: str, model: str, reps: int = 10) -> dict:
@@ -199,6 +211,8 @@ def main() -> int:
                     help="OMP/torch threads for both servers (default: their own)")
     ap.add_argument("--dtype", default=None,
                     help="model dtype for both servers, e.g. bfloat16 (default: float32 on CPU)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="interleaved rounds; the best wave per server and N is reported")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
@@ -225,19 +239,33 @@ def main() -> int:
                 "--mode", "gate", "--action", "add", "--max-batch", "64", "--log-level",
                 "warning"] + (["--threads", str(args.threads)] if args.threads else []) \
         + (["--dtype", args.dtype] if args.dtype else [])
-    results["servers"].append(run_server(
-        "lasa serve (gate + add)", lasa_cmd, env, f"http://127.0.0.1:{port}", "/health", MODEL,
-        args.n, args.max_tokens, {"steering": {"mode": "gate", "action": "add"}},
-        tmp / "lasa.log", after=moderation_vs_prefill))
+    servers = [Server("lasa serve (gate + add)", lasa_cmd, env, port, tmp / "lasa.log", MODEL,
+                      {"steering": {"mode": "gate", "action": "add"}})]
     if not args.skip_peer:
         port = free_port()
         peer_cmd = [str(bin_dir / "transformers"), "serve", "--continuous-batching",
                     "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"] \
             + (["--dtype", args.dtype] if args.dtype else []) + [str(folder)]
-        results["servers"].append(run_server(
-            "transformers serve --continuous-batching", peer_cmd, env,
-            f"http://127.0.0.1:{port}", "/health", "", args.n, args.max_tokens, None,
-            tmp / "peer.log"))
+        servers.append(Server("transformers serve --continuous-batching", peer_cmd, env, port,
+                              tmp / "peer.log", "", None))
+    try:
+        for srv in servers:  # both load; only one is measured at a time, the other idles
+            srv.start()
+        for r in range(args.rounds):
+            print(f"-- round {r + 1}/{args.rounds}", flush=True)
+            for n in args.n:
+                for srv in servers if r % 2 == 0 else servers[::-1]:
+                    srv.wave(n, args.max_tokens)
+        results["servers"] = [srv.summary() for srv in servers]
+        results["servers"][0].update(moderation_vs_prefill(servers[0].base, MODEL))
+    finally:
+        for srv in servers:
+            srv.stop()
+    for res in results["servers"]:
+        print(f"{res['server']}: peak RSS {res['peak_rss_mib']} MiB; best of {args.rounds}: "
+              + ", ".join(f"N={row['n']} {row['tok_per_s']} tok/s (p50 {row['p50_s']} s, "
+                          f"p95 {row['p95_s']} s)" for row in res["rows"]))
+    if len(results["servers"]) == 2:
         lasa_rows = {r["n"]: r for r in results["servers"][0]["rows"]}
         peer_rows = {r["n"]: r for r in results["servers"][1]["rows"]}
         results["ratio_tok_per_s"] = {n: round(lasa_rows[n]["tok_per_s"] /
