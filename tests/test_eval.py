@@ -324,6 +324,12 @@ def test_user_files_in_benchmark_formats(tmp_path):
                                                           ("de", HARMLESS, "6")]
 
 
+def test_no_prompt_in_the_chosen_languages_is_an_error(tmp_path):
+    (tmp_path / "mgsm_de.tsv").write_text("Eins plus eins?\t2\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"--languages sw: .* they have \['de'\]"):
+        load_benches([f"mgsm:{tmp_path / 'mgsm_de.tsv'}"], tmp_path, ["sw"])
+
+
 def test_select_keeps_parallel_rows():
     items = [BenchItem("mgsm", lang, HARMLESS, str(i), f"{lang}{i}", "1")
              for lang in ("en", "de") for i in range(20)]

@@ -223,7 +223,12 @@ def load_benches(specs: Sequence[str], data_dir: Path, languages: Sequence[str] 
     for spec in specs:
         name, path = parse_spec(spec, data_dir)
         items += READERS[name](path)
-    return select(items, languages, limit, seed)
+    chosen = select(items, languages, limit, seed)
+    if not chosen:
+        have = sorted({it.lang for it in items})
+        raise DataError(f"--languages {' '.join(languages or [])}: no prompt of --bench "
+                        f"{' '.join(specs)} is in these languages; they have {have}")
+    return chosen
 
 
 def mgsm_correct(completion: str, answer: str | None) -> bool | None:
