@@ -217,9 +217,11 @@ def test_cache_key_depends_on_decoding_vector_and_prompt(tiny_llama):
             HFGenerator(tiny_llama, tok, v1, Decoding(max_new_tokens=5, strength=2.0))
             .key("a", True)}
     assert len(keys) == 6
-    # The unsteered pass does not depend on the vector: it is shared between vectors.
-    assert g.key("a", False) == HFGenerator(tiny_llama, tok, v2,
-                                            Decoding(max_new_tokens=5)).key("a", False)
+    # The unsteered pass does not depend on the vector or steering settings: it is shared.
+    assert g.key("a", False) == HFGenerator(tiny_llama, tok, v2, Decoding(
+        max_new_tokens=5, strength=3.0, mode="always", action="project")).key("a", False)
+    assert g.key("a", False) != HFGenerator(tiny_llama, tok, v2, Decoding(
+        max_new_tokens=5, do_sample=True)).key("a", False)
 
 
 def test_batched_left_padded_generation_matches_single(tiny_llama):

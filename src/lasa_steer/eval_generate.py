@@ -41,6 +41,9 @@ class Decoding:
     chat: bool | None = None
 
 
+_STEERING_FIELDS = ("strength", "mode", "action")
+
+
 @dataclass(frozen=True)
 class Generation:
     """One completion; ``fired``/``score``: the gate's decision (None when unsteered)."""
@@ -89,8 +92,12 @@ class HFGenerator:
         self.calls = 0  # number of generate() calls (for tests and progress)
 
     def key(self, prompt: str, steered: bool) -> str:
+        settings = asdict(self.decoding)
+        if not steered:  # the unsteered pass is shared by every vector and steering setting
+            for name in _STEERING_FIELDS:
+                settings.pop(name)
         return digest("lasa-eval-v1", self._model_fp, self._vector_fp if steered else None,
-                      prompt, steered, asdict(self.decoding))
+                      prompt, steered, settings)
 
     def gate(self, prompts: Sequence[str]) -> list[tuple[bool, float]] | None:
         """Gate decisions for the steered pass, or None when every row must be generated."""
