@@ -52,12 +52,14 @@ def nnsight_capture(nn_model, tok, prompts, batch_size, num_layers):
         enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True,
                   add_special_tokens=False)
         saved = []
-        with nn_model.trace(dict(enc)):
+        inputs = dict(enc)
+        inputs["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        with nn_model.trace(inputs, use_cache=False) as tracer:
             for layer in range(num_layers):
                 h = nn_model.model.layers[layer].output
                 h = h[0] if isinstance(h, tuple) else h
                 saved.append(h[:, -1].save())
-            nn_model.model.layers[num_layers - 1].output.stop()
+            tracer.stop()
         out.append(torch.stack([torch.as_tensor(x).float() for x in saved], 1))
     return torch.cat(out)
 
