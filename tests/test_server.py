@@ -177,6 +177,13 @@ def test_completions_multi_prompt_and_echo(served):
     ids = served["tok"]("Once upon a time", add_special_tokens=False)["input_ids"]
     by_ids = c.completions.create(model=MODEL, prompt=ids, max_tokens=6, temperature=0)
     assert by_ids.choices[0].text == one.choices[0].text
+    streamed = {0: "", 1: ""}
+    for chunk in c.completions.create(model=MODEL, prompt=["Once upon a time", "The sky is"],
+                                      max_tokens=6, temperature=0, stream=True):
+        for ch in chunk.choices:
+            streamed[ch.index] += ch.text
+    assert streamed[0] == one.choices[0].text
+    assert "The sky is" + streamed[1] == two.choices[1].text
 
 
 # ------------------------------------------------------------------------- steering
