@@ -12,8 +12,34 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 
+class _LegacyLayer:
+    """``keys``/``values`` view of one layer of an older ``DynamicCache`` (transformers 4.x
+    keeps ``key_cache``/``value_cache`` lists)."""
+
+    def __init__(self, cache: DynamicCache, i: int):
+        self.cache, self.i = cache, i
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self.cache.key_cache[self.i]
+
+    @keys.setter
+    def keys(self, value: torch.Tensor) -> None:
+        self.cache.key_cache[self.i] = value
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.cache.value_cache[self.i]
+
+    @values.setter
+    def values(self, value: torch.Tensor) -> None:
+        self.cache.value_cache[self.i] = value
+
+
 def _layers(cache: DynamicCache) -> list:
-    return list(cache.layers)
+    if hasattr(cache, "layers"):
+        return list(cache.layers)
+    return [_LegacyLayer(cache, i) for i in range(len(cache.key_cache))]
 
 
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ call per iteration with a list of events.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import inspect
 import logging
 import math
 import threading
@@ -89,6 +90,10 @@ class Scheduler:
         self.max_prefill_tokens = max_prefill_tokens
         self.device = next(model.parameters()).device
         self.eos = self._eos_ids(model, tokenizer)
+        # transformers >= 5.24 names the KV-cache argument ``cache``; earlier ones
+        # ``past_key_values`` (an unknown keyword would be swallowed by **kwargs).
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._cv = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._tasks: deque[tuple[Callable[[], Any], cf.Future]] = deque()
@@ -248,7 +253,7 @@ class Scheduler:
             self.engine.configure(rows)
             with torch.inference_mode():
                 out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                                 cache=cache, use_cache=True, logits_to_keep=1)
+                                 use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
             state = self.engine.state
             assert state is not None and len(state) == len(jobs)
         except Exception as exc:
@@ -294,7 +299,7 @@ class Scheduler:
         self.engine.set_state(self._state)
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                             cache=self._cache, use_cache=True)
+                             use_cache=True, **{self._cache_kw: self._cache})
         self._mask = mask
         self.metrics.batch(len(rows))
         self._advance(rows, out.logits[:, -1, :])
