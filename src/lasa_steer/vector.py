@@ -198,7 +198,8 @@ class SteeringVector:
         try:
             with safe_open(str(p), framework="pt") as f:
                 header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                # clone: never keep views of a memory-mapped file that may be overwritten later
+                tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise VectorFileError(f"{p}: not a readable safetensors file ({exc})") from exc
         if "lasa" not in header:
