@@ -18,6 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 LASA = Path(sys.executable).parent / "lasa"
 
 
+
+def _wait_healthy(proc, base: str, log) -> None:
+    """Poll /health until the server answers; fail with its log if it dies or never does."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise AssertionError("server did not become healthy in 120 s:\n" + log.read_text())
+
 def test_serve_help_lists_options():
     out = subprocess.run([str(LASA), "serve", "--help"], capture_output=True, text=True,
                          timeout=60).stdout
@@ -42,14 +55,7 @@ def test_serve_subprocess_logs_and_answers(smollm2, tmp_path):
                                 stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        _wait_healthy(proc, base, log)
         text = log.read_text()
         assert "model smollm2-135m-instruct" in text
         assert "default vector smollm2-135m-instruct: gate at block 14" in text
@@ -83,14 +89,7 @@ def test_serve_without_arguments_uses_shipped_vector(tmp_path):
                                 stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        _wait_healthy(proc, base, log)
         text = log.read_text()
         assert f"default vector smollm2-135m-instruct: gate at block {gate.layer}" in text
         assert f"threshold {gate.threshold:.4g}" in text
