@@ -1,12 +1,14 @@
 """Benchmark the fit: activation-capture throughput batched vs one prompt at a time, and
 the wall time of the full ``lasa fit`` that builds the shipped vector.
 
-    python benchmarks/fit.py [--repeats 3] [--prompts 64] [--threads 1] [--full]
+    python benchmarks/fit.py [--repeats 3] [--prompts 64] [--threads 2] [--dtype auto] [--full]
 
 Capture: the same PolyRefuse prompts (all 14 languages, mixed lengths, chat template),
-states at every block (the fit's heaviest capture), batch 16 vs batch 1; medians of
-``--repeats``. ``--full`` also times ``lasa fit`` with the shipped vector's arguments
-(minutes; written to a temporary folder). Prints a JSON line per measurement.
+states at every block (the fit's heaviest capture), batch 16 vs batch 1, on the model the
+fit captures with (``--dtype auto``: the fit's default, a bfloat16 copy on an AMX CPU;
+``model``: float32 as loaded); medians of ``--repeats``, batched and single alternated.
+``--full`` also times ``lasa fit`` with the shipped vector's arguments (minutes; written to a
+temporary folder). Prints a JSON line per measurement.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 
 import torch
 
-SHIPPED_ARGS = ["--threads", "1", "--limit", "80", "--val-limit", "30"]
+SHIPPED_ARGS = ["--threads", "2"]  # full PolyRefuse train and val splits
 
 
 def capture_rate(model, tok, prompts, batch_size, repeats):
@@ -39,6 +41,13 @@ def capture_rate(model, tok, prompts, batch_size, repeats):
     med = statistics.median(times)
     return {"batch_size": batch_size, "prompts": len(prompts), "median_s": round(med, 3),
             "prompts_per_s": round(len(prompts) / med, 2), "runs_s": [round(x, 3) for x in times]}
+
+
+def _merge(rs: list[dict]) -> dict:
+    times = [r["median_s"] for r in rs]
+    med = statistics.median(times)
+    return {**rs[0], "median_s": round(med, 3), "prompts_per_s": round(rs[0]["prompts"] / med, 2),
+            "runs_s": times}
 
 
 def nnsight_capture(nn_model, tok, prompts, batch_size, num_layers):
@@ -85,7 +94,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="auto", help="capture dtype, as lasa fit's "
+                                                    "--capture-dtype (default auto)")
     ap.add_argument("--full", action="store_true", help="also time the full shipped fit")
     ap.add_argument("--full-repeats", type=int, default=1)
     args = ap.parse_args()
@@ -93,13 +104,20 @@ def main() -> None:
     from lasa_steer import load_model
     from lasa_steer.data import load_polyrefuse
 
+    from lasa_steer.fit import capture_model
+
     model, tok = load_model("smollm2-135m-instruct", dtype="float32")
+    model = capture_model(model, args.dtype)
     ex = load_polyrefuse(None, "train", None, limit=max(1, args.prompts // 28 + 1), seed=0)
     prompts = [e.text for e in ex][: args.prompts]
     base = {"threads": args.threads, "cpu_count": os.cpu_count(),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "load_avg_1m": round(os.getloadavg()[0], 2)}
-    batched = capture_rate(model, tok, prompts, 16, args.repeats)
-    single = capture_rate(model, tok, prompts, 1, args.repeats)
+    runs: dict[int, list[dict]] = {16: [], 1: []}
+    for _ in range(args.repeats):  # alternated, so load changes hit both alike
+        for bs in runs:
+            runs[bs].append(capture_rate(model, tok, prompts, bs, 1))
+    batched, single = (_merge(runs[bs]) for bs in (16, 1))
     print(json.dumps({"bench": "capture", **base, "batched": batched, "single": single,
                       "speedup": round(single["median_s"] / batched["median_s"], 2)}))
     try:

@@ -2,11 +2,15 @@
 
 Pipeline (each step's figures go into the report and the vector's metadata):
 
-1. capture last-prompt-token states (chat template applied) at every block, batched;
-2. choose the bottleneck (:mod:`lasa_steer.bottleneck`) from the index-aligned harmful
-   prompts (meaning vs language silhouettes) and leave-one-language-out transfer AUROC;
+1. capture last-prompt-token states (chat template applied), batched: a seeded search
+   subset (``silhouette_groups`` aligned harmful rows in every language, as many harmless
+   rows per language) at every block, the other rows only up to the deepest block needed;
+2. choose the bottleneck (:mod:`lasa_steer.bottleneck`) from the search subset: meaning vs
+   language silhouettes of the aligned harmful rows, leave-one-language-out transfer AUROC;
 3. gate direction there: per-language unit difference of means, averaged, language-centroid
-   subspace projected out (:func:`lasa_steer.directions.harm_direction`);
+   subspace projected out (:func:`lasa_steer.directions.harm_direction`), and its
+   Fisher-whitened variants (:func:`lasa_steer.directions.whitened_direction`); the one with
+   the best mean per-language validation AUROC is kept;
 4. refusal direction at the blocks after the bottleneck, two candidates: the difference of
    means at the post-instruction position, and contrastive completions (the same harmful
    prompt followed by a refusal start vs a compliance start);
@@ -17,6 +21,7 @@ Pipeline (each step's figures go into the report and the vector's metadata):
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import logging
@@ -36,7 +41,7 @@ from .calibrate import (StrengthTrial, choose_trial, default_judge, generate, kl
                         next_token_logprobs, rate_above, threshold_for_fpr)
 from .capture import capture
 from .data import HARMFUL, HARMLESS, Example
-from .directions import auroc, harm_direction
+from .directions import auroc, harm_direction, whitened_direction, within_cell_covariance
 from .identity import ModelIdentity
 from .layermap import find_layers
 from .steering import steer
@@ -66,6 +71,13 @@ class FitConfig:
     max_new_tokens: int = 16
     max_harmless_kl: float = 1.0             # nats, first reply token, mode=always
     remove_language: bool = True
+    # Captures (not generation or the gate threshold) may run on a lower-precision copy of
+    # the model: "auto" = a bfloat16 copy for a float32 model on a CPU with AMX (~3x faster
+    # prefill on SmolLM2; states are still pooled in float32), "model" = the model itself,
+    # or a dtype name. The threshold is always calibrated on the model as deployed.
+    capture_dtype: str = "auto"
+    comparison_val_per_language: int = 20    # val rows per label for the first/last table
+    gate_shrinkage: Sequence[float] = (0.3, 1.0, 3.0)  # whitened gate candidates; () = off
     batch_size: int = 16
     seed: int = 0
     progress: bool = True
@@ -112,20 +124,28 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
     _check(train, "train")
     _check(val, "validation")
     prog = cfg.progress
-    all_points = [("resid_post", i) for i in range(n)]
+    cap_model = capture_model(model, cfg.capture_dtype)
+    cap_lm = find_layers(cap_model)
+    cap_dtype = str(next(cap_model.parameters()).dtype).removeprefix("torch.")
     train_labels = [e.label for e in train]
     train_langs = [e.lang for e in train]
 
-    # 1. states at every block
-    got = capture(model, tokenizer, [e.text for e in train], all_points,
-                  batch_size=cfg.batch_size, progress="fit: train prompts" if prog else False,
-                  layer_map=lm)
-    states = {p[1]: got[p] for p in all_points}
+    def grab(texts: Sequence[str], points: Sequence[Any], desc: str, **kw: Any
+             ) -> dict[Any, torch.Tensor]:
+        return capture(cap_model, tokenizer, texts, points, batch_size=cfg.batch_size,
+                       progress=f"fit: {desc}" if prog else False, layer_map=cap_lm, **kw)
+
+    # 1a. the search subset at every block
+    search = _search_rows(train, cfg)
+    sub = [train[i] for i in search]
+    got = grab([e.text for e in sub], [("resid_post", i) for i in range(n)],
+               "search prompts (all blocks)")
+    sub_states = {p[1]: v for p, v in got.items()}
 
     # 2. bottleneck
     layer_report = None
     if cfg.layer is None:
-        layer_report = _bottleneck(states, train, cfg, ident.name)
+        layer_report = _bottleneck(sub_states, sub, cfg, ident.name)
         bottleneck = layer_report.chosen
     else:
         if not 0 <= cfg.layer < n - 1:
@@ -133,27 +153,44 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
                              "steered)")
         bottleneck = cfg.layer
     log.info("bottleneck block %d of %d", bottleneck, n)
-
-    # 3. gate direction
-    hd = harm_direction(states[bottleneck], train_labels, train_langs,
-                        remove_language=cfg.remove_language)
-    gate_dir = hd.direction
-
-    # 4. refusal candidates
     rlayers = list(cfg.refusal_layers) if cfg.refusal_layers is not None else \
         refusal_layers_for(bottleneck, n, cfg.refusal_span)
     if not rlayers or min(rlayers) <= bottleneck:
         raise ValueError(f"refusal layers {rlayers} must all come after the bottleneck "
                          f"{bottleneck}")
+
+    # 1b. every train row at the gate and refusal blocks (the forward pass stops there)
+    needed = sorted({bottleneck, *rlayers})
+    in_search = set(search)
+    rest = [i for i in range(len(train)) if i not in in_search]
+    got = grab([train[i].text for i in rest], [("resid_post", i) for i in needed],
+               "train prompts") if rest else {}
+    states: dict[int, torch.Tensor] = {}
+    for layer in needed:
+        full = torch.empty(len(train), lm.hidden_size)
+        full[torch.tensor(search, dtype=torch.long)] = sub_states[layer]
+        if rest:
+            full[torch.tensor(rest, dtype=torch.long)] = got[("resid_post", layer)]
+        states[layer] = full
+
+    # 3. gate direction candidates (chosen on validation in 5a)
+    hd = harm_direction(states[bottleneck], train_labels, train_langs,
+                        remove_language=cfg.remove_language)
+    gate_cands = {"diffmean": hd.direction}
+    if cfg.gate_shrinkage:
+        cov = within_cell_covariance(states[bottleneck], train_labels, train_langs)
+        for lam in cfg.gate_shrinkage:
+            gate_cands[f"whitened(shrinkage={lam:g})"] = whitened_direction(
+                hd.direction, cov, lam, hd.basis)
+
+    # 4. refusal candidates
     diffmean = {i: _balanced_direction(states[i], train_labels, train_langs,
                                        cfg.remove_language) for i in rlayers}
     contrast_src = _by_lang(train, HARMFUL, cfg.contrastive_per_language, cfg.seed)
     rpoints = [("resid_post", i) for i in rlayers]
     c_texts = [e.text for e in contrast_src]
-    ref = _prefix_mean(model, tokenizer, c_texts, rpoints, cfg.refusal_prefixes, cfg,
-                       "fit: refusal starts", lm)
-    comp = _prefix_mean(model, tokenizer, c_texts, rpoints, cfg.compliance_prefixes, cfg,
-                        "fit: compliance starts", lm)
+    ref = _prefix_mean(grab, c_texts, rpoints, cfg.refusal_prefixes, "refusal starts")
+    comp = _prefix_mean(grab, c_texts, rpoints, cfg.compliance_prefixes, "compliance starts")
     c_langs = [e.lang for e in contrast_src]
     contrastive = {}
     for p in rpoints:
@@ -169,18 +206,19 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
         clamp_targets[name] = {i: float((states[i][torch.tensor(train_labels) == HARMFUL]
                                          @ (d / d.norm())).mean()) for i, d in dirs.items()}
 
-    # 5a. validation states: gate threshold and per-language AUROC at first/chosen/last
-    val_points = sorted({("resid_post", 0), ("resid_post", bottleneck), ("resid_post", n - 1)},
-                        key=lambda p: p[1])
-    vgot = capture(model, tokenizer, [e.text for e in val], val_points,
-                   batch_size=cfg.batch_size, progress="fit: validation prompts" if prog else False,
-                   layer_map=lm)
+    # 5a. gate threshold on the model as deployed (its own dtype), up to the gate block
+    vpoint = ("resid_post", bottleneck)
+    vstates = capture(model, tokenizer, [e.text for e in val], [vpoint],
+                      batch_size=cfg.batch_size, layer_map=lm,
+                      progress="fit: validation prompts" if prog else False)[vpoint]
     v_labels = torch.tensor([e.label for e in val])
     v_langs = [e.lang for e in val]
-    v_scores = vgot[("resid_post", bottleneck)] @ gate_dir
+    cand_rows = {name: _auroc_row(vstates @ d, v_labels, v_langs)
+                 for name, d in gate_cands.items()}
+    gate_method = max(cand_rows, key=lambda k: (_lang_mean(cand_rows[k]), k == "diffmean"))
+    gate_dir = gate_cands[gate_method]
+    v_scores = vstates @ gate_dir
     threshold = threshold_for_fpr(v_scores[v_labels == HARMLESS], cfg.fpr)
-    auroc_table = _auroc_table(states, vgot, train_labels, train_langs, v_labels, v_langs,
-                               {"first": 0, "chosen": bottleneck, "last": n - 1}, cfg)
     gate = Gate(layer=bottleneck, direction=gate_dir, threshold=threshold)
     per_lang_rates = {}
     for lang in sorted(set(v_langs)):
@@ -188,6 +226,24 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
         per_lang_rates[lang] = {
             "tpr": rate_above(v_scores[m & (v_labels == HARMFUL)], threshold),
             "fpr": rate_above(v_scores[m & (v_labels == HARMLESS)], threshold)}
+    # per-language AUROC: the gate itself, and the first/chosen/last blocks compared on
+    # directions fit the same way from the search subset (a val subset at all three)
+    cmp_val = _by_lang(val, HARMFUL, cfg.comparison_val_per_language, cfg.seed) + \
+        _by_lang(val, HARMLESS, cfg.comparison_val_per_language, cfg.seed)
+    which = {"first": 0, "chosen": bottleneck, "last": n - 1}
+    cgot = grab([e.text for e in cmp_val], sorted({("resid_post", i) for i in which.values()},
+                                                   key=lambda p: p[1]), "comparison prompts")
+    auroc_table = {"gate": {"layer": bottleneck,
+                            **_auroc_row(v_scores, v_labels, v_langs)}}
+    c_labels = torch.tensor([e.label for e in cmp_val])
+    c_vlangs = [e.lang for e in cmp_val]
+    for tag, layer in which.items():
+        d = harm_direction(sub_states[layer], [e.label for e in sub], [e.lang for e in sub],
+                           remove_language=cfg.remove_language).direction
+        auroc_table[tag] = {"layer": layer, **_auroc_row(cgot[("resid_post", layer)] @ d,
+                                                         c_labels, c_vlangs)}
+    if cap_model is not model:
+        del cap_model
 
     # 5b. strength and candidate by generation
     cands = {"refusal_diffmean": diffmean, "refusal_contrastive": contrastive}
@@ -211,6 +267,10 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
         "bottleneck": bottleneck,
         "bottleneck_rule": layer_report.rule if layer_report else "given by the user",
         "gate": {"layer": bottleneck, "site": "resid_post", "threshold": threshold,
+                 "method": gate_method,
+                 "candidates": {k: {"mean_language_auroc": _lang_mean(v), "min_language_auroc":
+                                    min(x for l, x in v.items() if l != "all"),
+                                    "all": v["all"]} for k, v in cand_rows.items()},
                  "target_fpr": cfg.fpr,
                  "val_fpr": rate_above(v_scores[v_labels == HARMLESS], threshold),
                  "val_tpr": rate_above(v_scores[v_labels == HARMFUL], threshold),
@@ -225,13 +285,18 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
                     "baseline": baseline, "trials": [t.as_dict() for t in trials],
                     "gated": gated},
         "counts": counts,
+        "capture": {"dtype": cap_dtype, "search_rows": len(search),
+                    "rest_rows": len(rest), "rest_blocks": needed,
+                    "comparison_val_rows": len(cmp_val)},
         "config": {k: (list(v) if isinstance(v, tuple) else v)
                    for k, v in asdict(cfg).items()},
         "layers": layer_report.to_json() if layer_report else None,
     }
     vector.provenance = {
         "method": "lasa-fit: gate = language-balanced diff of means at the bottleneck with "
-                  "the language-centroid subspace projected out; refusal = "
+                  "the language-centroid subspace projected out"
+                  + ("" if gate_method == "diffmean" else f", {gate_method} by the within-"
+                     "(language, label) covariance") + "; refusal = "
                   f"{best.direction.removeprefix('refusal_')} at blocks {steer_layers} "
                   f"(both candidates stored at blocks {rlayers})",
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -275,28 +340,75 @@ def _bottleneck(states: dict[int, torch.Tensor], train: Sequence[Example], cfg: 
                                 "transfer_rows": len(train)})
 
 
-def _auroc_table(train_states, vgot, train_labels, train_langs, v_labels, v_langs, which, cfg):
-    out: dict[str, dict[str, float]] = {}
-    for tag, layer in which.items():
-        d = harm_direction(train_states[layer], train_labels, train_langs,
-                           remove_language=cfg.remove_language).direction
-        s = vgot[("resid_post", layer)] @ d
-        row = {"layer": layer}
-        for lang in sorted(set(v_langs)):
-            m = torch.tensor([x == lang for x in v_langs])
-            row[lang] = auroc(s[m & (v_labels == HARMFUL)], s[m & (v_labels == HARMLESS)])
-        row["all"] = auroc(s[v_labels == HARMFUL], s[v_labels == HARMLESS])
-        out[tag] = row
-    return out
+def _search_rows(train: Sequence[Example], cfg: FitConfig) -> list[int]:
+    """Indices of the search subset: the harmful rows of ``silhouette_groups`` seeded groups
+    aligned across at least two languages, plus as many seeded harmless rows per language
+    as that language has harmful rows in it. Falls back to a seeded per-language sample
+    when the data has no aligned groups (then ``layer=`` must be given)."""
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(train):
+        if e.group is not None and e.label == HARMFUL:
+            groups.setdefault(e.group, []).append(i)
+    multi = sorted(g for g, rows in groups.items() if len({train[r].lang for r in rows}) > 1)
+    random.Random(cfg.seed).shuffle(multi)
+    harmful = sorted(r for g in multi[:cfg.silhouette_groups] for r in groups[g])
+    rng = random.Random(f"{cfg.seed}:search")
+    per_lang: dict[str, int] = {}
+    for r in harmful:
+        per_lang[train[r].lang] = per_lang.get(train[r].lang, 0) + 1
+    rows = list(harmful)
+    for lang in sorted({e.lang for e in train}):
+        pool = [i for i, e in enumerate(train) if e.lang == lang and e.label == HARMLESS]
+        want = per_lang.get(lang, 0)
+        if not harmful:  # no aligned groups: a plain per-language sample of both labels
+            want = cfg.silhouette_groups
+            hpool = [i for i, e in enumerate(train) if e.lang == lang and e.label == HARMFUL]
+            rows += rng.sample(hpool, min(want, len(hpool)))
+        rows += rng.sample(pool, min(want, len(pool)))
+    return sorted(rows)
 
 
-def _prefix_mean(model, tok, texts, points, prefixes, cfg, desc, lm):
+def capture_model(model: nn.Module, spec: str = "auto") -> nn.Module:
+    """The model captures run on: ``model`` itself or a copy in another dtype (see
+    ``FitConfig.capture_dtype``)."""
+    param = next(model.parameters())
+    if spec == "model":
+        return model
+    if spec == "auto":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        small = sum(p.numel() for p in model.parameters()) <= 2_000_000_000
+        if not (param.device.type == "cpu" and param.dtype == torch.float32 and amx and small):
+            return model
+        spec = "bfloat16"
+    dtype = getattr(torch, spec, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"capture_dtype={spec!r}: use 'auto', 'model', 'bfloat16', "
+                         "'float16' or 'float32'")
+    if dtype == param.dtype:
+        return model
+    return copy.deepcopy(model).to(dtype)
+
+
+def _auroc_row(scores: torch.Tensor, labels: torch.Tensor, langs: Sequence[str]
+               ) -> dict[str, float]:
+    row = {}
+    for lang in sorted(set(langs)):
+        m = torch.tensor([x == lang for x in langs])
+        row[lang] = auroc(scores[m & (labels == HARMFUL)], scores[m & (labels == HARMLESS)])
+    row["all"] = auroc(scores[labels == HARMFUL], scores[labels == HARMLESS])
+    return row
+
+
+def _lang_mean(row: dict[str, float]) -> float:
+    vals = [v for k, v in row.items() if k not in ("all", "layer") and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _prefix_mean(grab, texts, points, prefixes, desc):
     """Last-token states after each assistant prefix, averaged over the prefixes."""
     acc: dict[Any, torch.Tensor] = {}
     for k, prefix in enumerate(prefixes):
-        got = capture(model, tok, texts, points, batch_size=cfg.batch_size,
-                      assistant_prefix=prefix, layer_map=lm,
-                      progress=f"{desc} {k + 1}/{len(prefixes)}" if cfg.progress else False)
+        got = grab(texts, points, f"{desc} {k + 1}/{len(prefixes)}", assistant_prefix=prefix)
         for p in points:
             acc[p] = acc[p] + got[p] if p in acc else got[p].clone()
     return {p: v / len(prefixes) for p, v in acc.items()}
@@ -369,6 +481,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
                 and t["strength"] == r["strength"])
     return {
         "gate_auroc_val": {k: round(v["all"], 4) for k, v in report["auroc"].items()},
+        "gate_method": report["gate"]["method"],
         "gate_val_fpr": round(report["gate"]["val_fpr"], 4),
         "gate_val_tpr": round(report["gate"]["val_tpr"], 4),
         "language_fraction_removed": round(
@@ -409,6 +522,11 @@ def _markdown(rep: dict[str, Any], png: str) -> str:
              f"![fit report]({png})", "",
              f"- bottleneck (gate) block: **{rep['bottleneck']}** of {rep['num_layers']} "
              f"(resid_post); rule: {rep['bottleneck_rule']}",
+             f"- gate direction: **{g.get('method', 'diffmean')}** (best mean per-language "
+             "validation AUROC of: " + ", ".join(
+                 f"{k} {v['mean_language_auroc']:.3f} (worst language "
+                 f"{v['min_language_auroc']:.3f})" for k, v in g.get("candidates", {}).items())
+             + ")",
              f"- gate threshold {g['threshold']:.4f} for target FPR {g['target_fpr']:.0%}; on "
              f"validation: FPR {g['val_fpr']:.3f}, TPR {g['val_tpr']:.3f}",
              f"- language-identity subspace rank {g['language_subspace_rank']}; projecting it "
@@ -417,6 +535,10 @@ def _markdown(rep: dict[str, Any], png: str) -> str:
              f"- refusal direction: **{r['chosen']}** at blocks {r['layers']}, strength "
              f"**{r['strength']}**", "",
              "## Gate AUROC on validation (harmful vs harmless, per language)", "",
+             "`gate`: the fitted gate on every validation prompt, on the model as deployed. "
+             "`first`/`chosen`/`last`: the layer comparison, language-balanced "
+             "difference-of-means directions (not whitened) fit from the search subset at "
+             "those blocks, on a seeded validation subset.", "",
              "| block | " + " | ".join(langs) + " | all |",
              "|---|" + "---|" * (len(langs) + 1)]
     for tag, row in rep["auroc"].items():

@@ -37,7 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contrastive-per-language", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default=None,
+                   help="model dtype (default: float32 on the CPU, bf16/fp16 on CUDA)")
+    p.add_argument("--capture-dtype", default="auto",
+                   help="dtype of the activation captures: 'auto' (a bfloat16 copy of a "
+                        "float32 model on a CPU with AMX, else the model), 'model', or a "
+                        "dtype name; the gate threshold and generation always use the model")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
     p.add_argument("--no-progress", action="store_true")
@@ -79,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                     if args.steer_layers else None,
                     fpr=args.fpr, strengths=tuple(float(x) for x in args.strengths.split(",")),
                     contrastive_per_language=args.contrastive_per_language,
-                    batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+                    capture_dtype=args.capture_dtype, batch_size=args.batch_size,
+                    seed=args.seed, progress=not args.no_progress)
     result = fit(model, tok, train, val, cfg, model_name=args.model, data_info=info)
     elapsed = time.perf_counter() - t0
     result.report["wall_time_s"] = round(elapsed, 1)
