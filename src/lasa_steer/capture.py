@@ -23,13 +23,14 @@ class _StopForward(Exception):
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    h = hidden.float()
-    if pooling == "last":
-        t = h.shape[1]
+    if pooling == "last":  # pick the rows first: converting all positions costs B*T*H copies
+        t = hidden.shape[1]
         pos = torch.arange(t, device=mask.device).expand_as(mask)
         last = torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(1).values.clamp_min(0)
-        return h[torch.arange(h.shape[0], device=h.device), last.to(h.device)]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device),
+                      last.to(hidden.device)].float()
     if pooling == "mean":
+        h = hidden.float()
         m = mask.to(h.device).float()[:, :, None]
         return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
     raise ValueError(f"pooling={pooling!r}: use 'last' or 'mean'")

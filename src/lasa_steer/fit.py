@@ -269,7 +269,7 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
         "gate": {"layer": bottleneck, "site": "resid_post", "threshold": threshold,
                  "method": gate_method,
                  "candidates": {k: {"mean_language_auroc": _lang_mean(v), "min_language_auroc":
-                                    min(x for l, x in v.items() if l != "all"),
+                                    min(x for lang, x in v.items() if lang != "all"),
                                     "all": v["all"]} for k, v in cand_rows.items()},
                  "target_fpr": cfg.fpr,
                  "val_fpr": rate_above(v_scores[v_labels == HARMLESS], threshold),
