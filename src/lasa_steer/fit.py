@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .bottleneck import DEFAULT_BAND, LayerReport, analyze_states, plot_layers
+from .bottleneck import DEFAULT_BAND, LayerReport, analyze_states
 from .calibrate import (StrengthTrial, choose_trial, default_judge, generate, kl,
                         next_token_logprobs, rate_above, threshold_for_fpr)
 from .capture import capture
