@@ -583,16 +583,19 @@ def _plot(result: FitResult, path: Path) -> None:
     ncols = 2 if result.layer_report else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.2), squeeze=False)
     ax = axes[0][0]
-    width = 0.27
-    for j, tag in enumerate(("first", "chosen", "last")):
+    tags = [t for t in ("first", "chosen", "last", "gate") if t in rep["auroc"]]
+    width = 0.8 / len(tags)
+    for j, tag in enumerate(tags):
         row = rep["auroc"][tag]
-        ax.bar([i + (j - 1) * width for i in range(len(langs))], [row[x] for x in langs],
-               width, label=f"{tag} (block {row['layer']})")
+        label = (f"shipped gate (block {row['layer']}, {rep['gate'].get('method', '')})"
+                 if tag == "gate" else f"{tag} (block {row['layer']}, plain)")
+        ax.bar([i + (j - (len(tags) - 1) / 2) * width for i in range(len(langs))],
+               [row[x] for x in langs], width, label=label)
     ax.set_xticks(range(len(langs)), langs)
-    ax.set_ylim(0.4, 1.02)
+    ax.set_ylim(0.0, 1.02)
     ax.set_ylabel("gate AUROC (validation)")
     ax.set_title("harmful vs harmless, per language")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower center", ncol=2)
     if result.layer_report:
         lr = result.layer_report
         ax = axes[0][1]
