@@ -315,16 +315,24 @@ def _check(examples: Sequence[Example], what: str) -> None:
                          f"{sorted(labels)}")
 
 
-def _bottleneck(states: dict[int, torch.Tensor], train: Sequence[Example], cfg: FitConfig,
-                name: str) -> LayerReport:
-    """Silhouettes on the aligned harmful rows (a seeded subset of groups present in at
-    least two languages), transfer AUROC on all rows."""
+def _aligned_groups(train: Sequence[Example], seed: int
+                    ) -> tuple[dict[str, list[int]], list[str]]:
+    """Harmful rows by translation group, and the groups present in at least two languages
+    in a seeded order (its head is the silhouette / search sample)."""
     groups: dict[str, list[int]] = {}
     for i, e in enumerate(train):
         if e.group is not None and e.label == HARMFUL:
             groups.setdefault(e.group, []).append(i)
     multi = sorted(g for g, rows in groups.items() if len({train[r].lang for r in rows}) > 1)
-    random.Random(cfg.seed).shuffle(multi)
+    random.Random(seed).shuffle(multi)
+    return groups, multi
+
+
+def _bottleneck(states: dict[int, torch.Tensor], train: Sequence[Example], cfg: FitConfig,
+                name: str) -> LayerReport:
+    """Silhouettes on the aligned harmful rows (a seeded subset of groups present in at
+    least two languages), transfer AUROC on all rows."""
+    groups, multi = _aligned_groups(train, cfg.seed)
     rows = [r for g in sorted(multi[:cfg.silhouette_groups]) for r in groups[g]]
     labels = [e.label for e in train]
     langs = [e.lang for e in train]
@@ -345,12 +353,7 @@ def _search_rows(train: Sequence[Example], cfg: FitConfig) -> list[int]:
     aligned across at least two languages, plus as many seeded harmless rows per language
     as that language has harmful rows in it. Falls back to a seeded per-language sample
     when the data has no aligned groups (then ``layer=`` must be given)."""
-    groups: dict[str, list[int]] = {}
-    for i, e in enumerate(train):
-        if e.group is not None and e.label == HARMFUL:
-            groups.setdefault(e.group, []).append(i)
-    multi = sorted(g for g, rows in groups.items() if len({train[r].lang for r in rows}) > 1)
-    random.Random(cfg.seed).shuffle(multi)
+    groups, multi = _aligned_groups(train, cfg.seed)
     harmful = sorted(r for g in multi[:cfg.silhouette_groups] for r in groups[g])
     rng = random.Random(f"{cfg.seed}:search")
     per_lang: dict[str, int] = {}
