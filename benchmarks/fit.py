@@ -29,7 +29,7 @@ SHIPPED_ARGS = ["--threads", "2"]  # full PolyRefuse train and val splits
 
 def capture_rate(model, tok, prompts, batch_size, repeats):
     from lasa_steer.capture import capture
-    from lasa_steer.layermap import find_layers
+    from lasa_steer.model.layers import find_layers
 
     lm = find_layers(model)
     points = [("resid_post", i) for i in range(lm.num_layers)]
@@ -76,7 +76,7 @@ def nnsight_capture(nn_model, tok, prompts, batch_size, num_layers):
 def nnsight_rate(model, tok, prompts, batch_size, repeats):
     from nnsight import LanguageModel
 
-    from lasa_steer.layermap import find_layers
+    from lasa_steer.model.layers import find_layers
 
     n = find_layers(model).num_layers
     nn_model = LanguageModel(model, tokenizer=tok)
@@ -102,7 +102,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from lasa_steer import load_model
-    from lasa_steer.data import load_polyrefuse
+    from lasa_steer.fit.data import load_polyrefuse
 
     from lasa_steer.fit import capture_model
 

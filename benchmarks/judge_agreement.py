@@ -16,7 +16,7 @@ import csv
 import sys
 from pathlib import Path
 
-from lasa_steer.judge import classify
+from lasa_steer.eval.judges.pattern import classify
 
 DEFAULT = Path(__file__).resolve().parents[1] / "../shared/data/xstest/model_completions"
 

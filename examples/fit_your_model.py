@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from lasa_steer import SteeringVector, load_model, steer
-from lasa_steer.calibrate import generate
+from lasa_steer.generate import generate
 from lasa_steer.capture import gate_scores
-from lasa_steer.data import load_labelled, load_polyrefuse, split_examples
+from lasa_steer.fit.data import load_labelled, load_polyrefuse, split_examples
 from lasa_steer.fit import FitConfig, fit, write_report
 
 

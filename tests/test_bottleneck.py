@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lasa_steer.bottleneck import (analyze_states, band_layers, choose_bottleneck, plot_layers,
+from lasa_steer.fit.bottleneck import (analyze_states, band_layers, choose_bottleneck, plot_layers,
                                    silhouette, transfer_auroc)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import require_shared_data
-from lasa_steer.data import (HARMFUL, HARMLESS, default_data_dir, lang_code, load_labelled,
+from lasa_steer.fit.data import (HARMFUL, HARMLESS, default_data_dir, lang_code, load_labelled,
                              load_multijail, load_ntrex, load_nusax, load_parallel,
                              load_polyrefuse, polyrefuse_langs, split_examples)
 from lasa_steer.errors import DataError
@@ -86,7 +86,7 @@ def test_parallel_csv_and_split(tmp_path):
 
 
 def load_labelled_rows():
-    from lasa_steer.data import Example
+    from lasa_steer.fit.data import Example
     return [Example(f"{lang}{lab}{i}", lab, lang) for lang in ("en", "de") for lab in (0, 1)
             for i in range(4)]
 

@@ -13,14 +13,16 @@ from conftest import SHARED_DATA, make_tiny
 
 from lasa_steer.capture import gate_scores
 from lasa_steer.errors import DataError
-from lasa_steer.eval_cache import GenerationCache
-from lasa_steer.eval_data import (HARMFUL, HARMLESS, BenchItem, load_benches, mgsm_correct,
-                                  read_mgsm, read_multijail, read_polyrefuse_harmless,
+from lasa_steer.eval.cache import GenerationCache
+from lasa_steer.eval.benches import (BenchItem, load_benches, mgsm_correct, read_mgsm,
+                                   read_multijail, read_polyrefuse_harmless,
                                   read_xstest, select)
-from lasa_steer.eval_generate import Decoding, HFGenerator
-from lasa_steer.eval_report import markdown, write_all
-from lasa_steer.evaluate import aggregate, generate_all, run_eval
-from lasa_steer.judge import Judgement
+from lasa_steer.types import HARMFUL_KIND as HARMFUL
+from lasa_steer.types import HARMLESS_KIND as HARMLESS
+from lasa_steer.eval.generator import Decoding, HFGenerator
+from lasa_steer.eval.report import markdown, write_all
+from lasa_steer.eval.run import aggregate, generate_all, run_eval
+from lasa_steer.eval.judges.pattern import Judgement
 
 
 class ByteTokenizer:
@@ -241,7 +243,7 @@ def test_report_files(tiny_llama, tmp_path):
     vector = make_vector(tiny_llama, threshold=0.0)
     gen = HFGenerator(tiny_llama, ByteTokenizer(), vector, Decoding(max_new_tokens=4))
     items = _items()[:3] + [BenchItem("mgsm", "en", HARMLESS, "0", "1+1?", "2")]
-    from lasa_steer.judge import PatternJudge
+    from lasa_steer.eval.judges.pattern import PatternJudge
 
     records, summary = run_eval(items, gen, PatternJudge(), GenerationCache(tmp_path / "c"),
                                 progress=False)

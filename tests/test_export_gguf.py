@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import make_vector
 
-from lasa_steer.gguf_export import ExportError, export_gguf, gguf_layer, model_hint
+from lasa_steer.vector.gguf import ExportError, export_gguf, gguf_layer, model_hint
 
 
 def _read(path):
@@ -104,7 +104,7 @@ def _write_cv(path, tensors, arch="controlvector"):
 @pytest.mark.parametrize("site", ["resid_post", "resid_pre"])
 def test_import_inverts_export_and_steers_the_same(tiny_llama, tmp_path, site):
     from lasa_steer import steer
-    from lasa_steer.gguf_import import import_gguf
+    from lasa_steer.vector.gguf import import_gguf
 
     vec = make_vector(tiny_llama, layers=[2, 3], gate_layer=0, site=site)
     vec.gate = None
@@ -129,7 +129,7 @@ def test_import_inverts_export_and_steers_the_same(tiny_llama, tmp_path, site):
 
 def test_import_rejects_bad_files(tiny_llama, tmp_path):
     from lasa_steer.errors import VectorFileError
-    from lasa_steer.gguf_import import import_gguf
+    from lasa_steer.vector.gguf import import_gguf
 
     h = tiny_llama.config.hidden_size
     n = tiny_llama.config.num_hidden_layers

@@ -12,9 +12,9 @@ from transformers import BatchEncoding
 
 from conftest import REPO, make_tiny, require_shared_data
 from lasa_steer import SteeringVector
-from lasa_steer.calibrate import StrengthTrial, choose_trial, rate_above, threshold_for_fpr
-from lasa_steer.data import HARMFUL, HARMLESS, load_labelled
-from lasa_steer.directions import (auroc, harm_direction, language_subspace, project_out,
+from lasa_steer.fit.calibrate import StrengthTrial, choose_trial, rate_above, threshold_for_fpr
+from lasa_steer.fit.data import HARMFUL, HARMLESS, load_labelled
+from lasa_steer.fit.directions import (auroc, harm_direction, language_subspace, project_out,
                                    whitened_direction, within_cell_covariance)
 from lasa_steer.fit import FitConfig, fit, write_report
 
@@ -282,7 +282,7 @@ def _shipped_scores(smollm2, harmful):
     if not SHIPPED.is_file():
         pytest.skip(f"{SHIPPED} not built yet")
     from lasa_steer.capture import gate_scores
-    from lasa_steer.data import load_polyrefuse
+    from lasa_steer.fit.data import load_polyrefuse
 
     model, tok = smollm2
     vec = SteeringVector.load(SHIPPED)
@@ -294,7 +294,7 @@ def _shipped_scores(smollm2, harmful):
 
 @pytest.mark.slow
 def test_shipped_vector_english_gate_auroc_polyrefuse(smollm2):
-    from lasa_steer.data import load_polyrefuse
+    from lasa_steer.fit.data import load_polyrefuse
 
     s_h, s_s, flagged = _shipped_scores(smollm2, lambda root: [
         e.text for e in load_polyrefuse(root, "val", ["en"]) if e.label == HARMFUL])
@@ -304,7 +304,7 @@ def test_shipped_vector_english_gate_auroc_polyrefuse(smollm2):
 
 @pytest.mark.slow
 def test_shipped_vector_english_gate_auroc_multijail(smollm2):
-    from lasa_steer.data import load_multijail
+    from lasa_steer.fit.data import load_multijail
 
     s_h, s_s, _ = _shipped_scores(smollm2, lambda root: load_multijail(root).sentences["en"])
     # measured 0.905 (gate at block 17, whitened direction); MultiJail's conversational and

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lasa_steer.judge import Judge, Judgement, PatternJudge, classify, is_refusal
-from lasa_steer.judge_http import HTTPJudge, endpoint, parse_answer
-from lasa_steer.judge_patterns import LANGUAGES
+from lasa_steer.eval.judges.pattern import Judge, Judgement, PatternJudge, classify, is_refusal
+from lasa_steer.eval.judges.http import HTTPJudge, endpoint, parse_answer
+from lasa_steer.eval.judges.patterns import LANGUAGES
 
 REPO = Path(__file__).resolve().parents[1]
 XSTEST = REPO / ".." / "shared" / "data" / "xstest" / "model_completions"

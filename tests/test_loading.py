@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from lasa_steer import ModelLoadError, load_model
-from lasa_steer import embedded
-from lasa_steer.loading import default_dtype
+from lasa_steer.model import embedded
+from lasa_steer.model.loading import default_dtype
 
 
 def test_missing_local_folder_and_unreachable_hub_id(tmp_path):
@@ -28,7 +28,7 @@ def test_missing_gguf_file(tmp_path):
 
 def test_bad_dtype_is_named():
     with pytest.raises(ModelLoadError, match="dtype='float8'"):
-        from lasa_steer.loading import _dtype
+        from lasa_steer.model.loading import _dtype
 
         _dtype("float8", "cpu")
 

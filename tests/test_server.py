@@ -45,8 +45,8 @@ def _ids(tok, prompt: str) -> list[int]:
 @pytest.fixture(scope="module")
 def served(smollm2, tmp_path_factory):
     from lasa_steer.capture import gate_scores
-    from server.app import create_app
-    from server.runtime import Runtime, ServerConfig
+    from lasa_serve.routes import create_app
+    from lasa_serve.runtime import Runtime, ServerConfig
 
     model, tok = smollm2
     threads = torch.get_num_threads()

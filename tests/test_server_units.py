@@ -17,11 +17,11 @@ from conftest import make_tiny  # noqa: E402
 from helpers import make_vector  # noqa: E402
 
 from lasa_steer import RowSteering, SteeringEngine  # noqa: E402
-from server import kv  # noqa: E402
-from server.metrics import Metrics  # noqa: E402
-from server.sampling import make_sampler, pick_all  # noqa: E402
-from server.scheduler import Job, Scheduler  # noqa: E402
-from server.textstream import TextStream  # noqa: E402
+from lasa_serve import kv  # noqa: E402
+from lasa_serve.metrics import Metrics  # noqa: E402
+from lasa_serve.sampling import make_sampler, pick_all  # noqa: E402
+from lasa_serve.scheduler import Job, Scheduler  # noqa: E402
+from lasa_serve.textstream import TextStream  # noqa: E402
 
 
 class CharTok:

@@ -12,7 +12,7 @@ from helpers import make_vector
 from safetensors.torch import save_file
 
 from lasa_steer import SteeringVector, VectorFileError, VectorMismatchError, steer
-from lasa_steer.vector import FORMAT_VERSION
+from lasa_steer.vector.file import FORMAT_VERSION
 
 
 @pytest.fixture

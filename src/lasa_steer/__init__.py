@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from .engine import BatchState, RowSteering, SteeringEngine
+from . import errors
 from .errors import (
     DataError,
     LasaError,
@@ -18,15 +18,13 @@ from .errors import (
     VectorFileError,
     VectorMismatchError,
 )
-from .identity import ModelIdentity
-from .layermap import LayerMap, find_layers
-from .loading import load_model
-from .steering import SteeringHandle, steer
+from .model import LayerMap, ModelIdentity, find_layers, load_model
+from .steering import BatchState, RowSteering, SteeringEngine, SteeringHandle, steer
 from .vector import Gate, SteeringVector
 
 __all__ = [
     "BatchState", "DataError", "Gate", "LasaError", "LayerMap", "ModelIdentity",
     "ModelLoadError", "RowSteering", "SteeringConfigError", "SteeringEngine",
     "SteeringHandle", "SteeringVector", "UnsupportedArchitectureError", "VectorFileError",
-    "VectorMismatchError", "find_layers", "load_model", "steer",
+    "VectorMismatchError", "errors", "find_layers", "load_model", "steer",
 ]

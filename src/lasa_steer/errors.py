@@ -37,3 +37,32 @@ class SteeringConfigError(LasaError, ValueError):
 
 class DataError(LasaError):
     """A data file is malformed; the message names the file and the row."""
+
+
+class FitConfigError(LasaError, ValueError):
+    """An argument of :func:`lasa_steer.fit.fit` (or ``lasa fit``) is invalid; the message
+    names it."""
+
+
+class ExportError(LasaError):
+    """A vector cannot be written as a llama.cpp control vector (the message says why)."""
+
+
+class VectorNameError(LasaError, ValueError):
+    """A vector name (a file stem in a vector folder) is not valid."""
+
+
+class MissingExtraError(LasaError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional dependency or raise :class:`MissingExtraError` naming its extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{purpose} needs the '{module}' package: pip install 'lasa-steer[{extra}]'"
+        ) from exc

@@ -1,0 +1,95 @@
+"""``lasa serve`` (registered through the ``lasa_steer.commands`` entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from lasa_steer.model.embedded import DEFAULT_MODEL
+from lasa_steer.types import MODES, REQUEST_ACTIONS
+
+from .runtime import DEFAULT_PREFIX, ServerConfig, default_vector_dir
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible steering server",
+                       description="Serve a model with per-request steering over the OpenAI "
+                       "API (chat, completions, moderations).")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id, local folder, .gguf file or embedded name (default {DEFAULT_MODEL})")
+    p.add_argument("--vectors", type=Path, default=None,
+                   help="folder of vector files; requests name them by file stem "
+                   "(default: the repository's vectors/)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("LASA_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default $LASA_API_KEY)")
+    p.add_argument("--admin-key", default=os.environ.get("LASA_ADMIN_KEY"),
+                   help="key for loading vectors at run time (default: the API key; "
+                   "without either, admin actions are off)")
+    p.add_argument("--served-model-name", default=None,
+                   help="the model id clients send (default: the model's name)")
+    p.add_argument("--default-vector", default=None,
+                   help="vector used when a request names none (default: the one named "
+                   "after the model, else the first that fits)")
+    p.add_argument("--mode", dest="default_mode", choices=MODES,
+                   default="gate", help="default steering mode (default gate)")
+    p.add_argument("--action", dest="default_action",
+                   choices=REQUEST_ACTIONS, default=None,
+                   help="default action (default: the vector file's)")
+    p.add_argument("--strength", dest="default_strength", type=float, default=None,
+                   help="default strength (default: the vector file's)")
+    p.add_argument("--prefix-text", default=DEFAULT_PREFIX,
+                   help="safety instruction that opens the assistant turn for action 'prefix'")
+    p.add_argument("--max-batch", type=int, default=32, help="rows decoded together (default 32)")
+    p.add_argument("--max-n", type=int, default=16, help="largest n per request (default 16)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                   help="request body limit in bytes (default 1 MiB)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="context window in tokens (default: the model's)")
+    p.add_argument("--default-max-tokens", type=int, default=512,
+                   help="max_tokens when a request gives none (default 512)")
+    p.add_argument("--max-tokens-limit", type=int, default=None,
+                   help="cap every request's max_tokens at this (default: the context)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default auto)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        model=args.model, vectors=args.vectors or default_vector_dir(), host=args.host,
+        port=args.port, api_key=args.api_key or None, admin_key=args.admin_key or None,
+        served_model_name=args.served_model_name, default_vector=args.default_vector,
+        default_mode=args.default_mode, default_action=args.default_action,
+        default_strength=args.default_strength, prefix_text=args.prefix_text,
+        max_batch=args.max_batch, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
+        max_model_len=args.max_model_len, default_max_tokens=args.default_max_tokens,
+        max_tokens_limit=args.max_tokens_limit,
+        dtype=args.dtype, device=args.device, threads=args.threads)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .routes import create_app
+    from .runtime import Runtime
+
+    logging.getLogger().setLevel(args.log_level.upper())
+    logging.getLogger("lasa.server").setLevel(args.log_level.upper())
+    runtime = Runtime(config_from_args(args))
+    app = create_app(runtime)
+    logging.getLogger("lasa.server").info("listening on http://%s:%d (OpenAI base URL "
+                                          "http://%s:%d/v1)", args.host, args.port,
+                                          args.host, args.port)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=5)
+    finally:
+        runtime.close()
+    return 0

@@ -1,0 +1,268 @@
+"""One generation request (chat or text completion): validation against the model and
+the server's limits, per-request steering, submission to the scheduler, and the OpenAI
+response, whole or as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable, Optional
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from lasa_steer import RowSteering, SteeringConfigError
+
+from . import errors
+from .errors import APIError
+from .runtime import Runtime
+from .sampling import make_sampler
+from .scheduler import Job
+from .protocol import Steering, _Sampling
+
+
+def resolve_steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, dict[str, Any], bool]:
+    """Resolve the request's steering field against the server defaults.
+
+    Returns the row settings, the response's ``steering`` object (without gate results) and
+    whether the action is 'prefix'."""
+    s = s or Steering()
+    c = rt.config
+    mode = s.mode or c.default_mode
+    name = s.vector or rt.default_vector
+    if s.vector is not None or (mode != "off" and name is not None):
+        vector = rt.vectors.get(name) if name else None
+        if vector is None:
+            raise APIError(404, f"steering.vector {name!r}: no such vector; loaded: "
+                           f"{rt.vectors.names()}", param="steering.vector",
+                           code="vector_not_found")
+    else:
+        vector = None
+    if vector is None or mode == "off":
+        info = {"vector": name if vector is not None else None, "mode": "off",
+                "action": None, "strength": 0.0}
+        return RowSteering(mode="off"), info, False
+    action = s.action or c.default_action or vector.default_action
+    if action == "prefix":
+        if mode == "gate" and vector.gate is None:
+            raise APIError(400, f"steering.mode 'gate': vector {name!r} has no gate",
+                           param="steering.mode")
+        return (RowSteering(vector=vector, mode=mode, strength=0.0),
+                {"vector": name, "mode": mode, "action": "prefix", "strength": None}, True)
+    strength = s.strength if s.strength is not None else (
+        c.default_strength if action == vector.default_action else None)
+    try:
+        row = RowSteering(vector=vector, strength=strength, mode=mode, action=action,
+                          direction=s.direction).resolved()
+    except SteeringConfigError as exc:
+        raise APIError(400, f"steering: {exc}", param="steering") from exc
+    return row, {"vector": name, "mode": mode, "action": action, "direction": row.direction,
+                 "strength": row.strength}, False
+
+
+class Generation:
+    """One generation request (chat or text completion), possibly several prompts."""
+
+    def __init__(self, rt: Runtime, req: _Sampling, prompts: list[list[int]],
+                 max_tokens: int | None, kind: str, echo: list[str] | None = None):
+        self.rt, self.req, self.kind, self.echo = rt, req, kind, echo
+        self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.n = req.n or 1
+        if self.n > min(rt.config.max_n, rt.config.max_batch):
+            raise APIError(400, f"n={self.n}: at most {min(rt.config.max_n, rt.config.max_batch)}"
+                           " choices per request", param="n")
+        if len(prompts) * self.n > rt.config.max_batch:
+            raise APIError(400, f"{len(prompts)} prompts x n={self.n} exceed the batch limit of "
+                           f"{rt.config.max_batch} rows", param="prompt")
+        self.row, self.steer_info, prefix = resolve_steering(rt, req.steering)
+        self.prefix_ids = rt.tok(rt.config.prefix_text, add_special_tokens=False)["input_ids"] \
+            if prefix else None
+        extra = len(self.prefix_ids or [])
+        self.max_tokens: list[int] = []
+        for i, ids in enumerate(prompts):
+            room = rt.context - len(ids) - extra
+            if room < 1:
+                raise APIError(400, f"this model's context window is {rt.context} tokens; the "
+                               f"prompt{f'[{i}]' if len(prompts) > 1 else ''} has {len(ids)} "
+                               f"tokens{' plus the safety prefix' if extra else ''}, leaving no "
+                               "room to generate", param="messages" if kind ==
+                               "chat.completion" else "prompt", code="context_length_exceeded")
+            want = max_tokens if max_tokens is not None else rt.config.default_max_tokens
+            if rt.config.max_tokens_limit:
+                want = min(want, rt.config.max_tokens_limit)
+            self.max_tokens.append(min(want, room))
+        self.prompts = prompts
+        self.temperature = 1.0 if req.temperature is None else req.temperature
+        self.top_p = 1.0 if req.top_p is None else req.top_p
+        self.stops = req.stops()
+        self.jobs: list[Job] = []
+
+    # ------------------------------------------------------------------ submission
+    def _submit(self, emit: Callable[[int, list[dict]], None]) -> None:
+        for p, ids in enumerate(self.prompts):
+            seeds = [None if self.req.seed is None else self.req.seed + k for k in range(self.n)]
+            job = Job(id=f"{self.id}-{p}", prompt_ids=ids, max_tokens=self.max_tokens[p],
+                      samplers=[make_sampler(self.temperature, self.top_p, s) for s in seeds],
+                      emit=lambda evs, p=p: emit(p, evs), steering=self.row,
+                      prefix_ids=self.prefix_ids, stop=self.stops)
+            self.jobs.append(job)
+        for job in self.jobs:
+            self.rt.scheduler.submit(job)
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            job.cancel()
+
+    async def _events(self, request: Request) -> AsyncIterator[tuple[int, dict]]:
+        """Events of all prompts as ``(prompt index, event)``, until every job is done.
+        Cancels the jobs when the client disconnects or the consumer stops."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def emit(p: int, evs: list[dict]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (p, evs))
+            except RuntimeError:  # the loop is gone (shutdown)
+                pass
+
+        self._submit(emit)
+        open_jobs = len(self.jobs)
+        try:
+            while open_jobs:
+                try:
+                    p, evs = await asyncio.wait_for(queue.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
+                for ev in evs:
+                    if ev["type"] in ("done", "error"):
+                        open_jobs -= 1
+                    yield p, ev
+        finally:
+            self.cancel()
+
+    # ------------------------------------------------------------------ pieces
+    def _choice_index(self, p: int, k: int) -> int:
+        return p * self.n + k
+
+    def _steering_obj(self, scores: dict[int, Any], fired: dict[int, bool]) -> dict[str, Any]:
+        vals = [v for v in scores.values() if v is not None]
+        thr = None
+        if self.steer_info["vector"]:
+            v = self.rt.vectors.get(self.steer_info["vector"])
+            thr = v.gate.threshold if v is not None and v.gate is not None else None
+        return {**self.steer_info, "gate_score": max(vals) if vals else None,
+                "threshold": thr, "fired": any(fired.values())}
+
+    def _usage(self, prompt_tokens: int, completion: int) -> dict[str, int]:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion}
+
+    async def respond(self, request: Request) -> Any:
+        if self.req.stream:
+            return StreamingResponse(self._stream(request), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache",
+                                              "X-Accel-Buffering": "no"})
+        return await self._collect(request)
+
+    # ------------------------------------------------------------------ non-streaming
+    async def _collect(self, request: Request) -> Any:
+        texts: dict[int, list[str]] = {}
+        finish: dict[int, str] = {}
+        completion = 0
+        scores: dict[int, Any] = {}
+        fired: dict[int, bool] = {}
+        prompt_tokens = 0
+        async for p, ev in self._events(request):
+            t = ev["type"]
+            if t == "error":
+                raise APIError(ev.get("status", 500), ev["message"], code="generation_failed")
+            if t == "steering":
+                scores[p], fired[p] = ev["score"], ev["fired"]
+                prompt_tokens += ev["prompt_tokens"]
+            elif t == "text":
+                texts.setdefault(self._choice_index(p, ev["index"]), []).append(ev["text"])
+            elif t == "finish":
+                finish[self._choice_index(p, ev["index"])] = ev["reason"]
+                completion += ev["tokens"]
+        if len(finish) < len(self.prompts) * self.n:  # the client went away
+            return JSONResponse(errors.body(499, "client disconnected"), status_code=499)
+        choices = []
+        for i in range(len(self.prompts) * self.n):
+            text = "".join(texts.get(i, []))
+            if self.kind == "chat.completion":
+                choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                                "logprobs": None, "finish_reason": finish[i]})
+            else:
+                if self.echo is not None:
+                    text = self.echo[i // self.n] + text
+                choices.append({"index": i, "text": text, "logprobs": None,
+                                "finish_reason": finish[i]})
+        return {"id": self.id, "object": self.kind, "created": self.created,
+                "model": self.rt.model_name, "choices": choices,
+                "usage": self._usage(prompt_tokens, completion),
+                "steering": self._steering_obj(scores, fired)}
+
+    # ------------------------------------------------------------------ streaming
+    def _chunk(self, choices: list[dict], **extra: Any) -> str:
+        obj = {"id": self.id, "object": self.kind + ".chunk" if self.kind == "chat.completion"
+               else self.kind, "created": self.created, "model": self.rt.model_name,
+               "choices": choices, **extra}
+        if self.req.stream_options and self.req.stream_options.include_usage \
+                and "usage" not in obj:
+            obj["usage"] = None
+        return f"data: {json.dumps(obj, allow_nan=False)}\n\n"
+
+    def _delta(self, i: int, text: str | None, finish: str | None = None,
+               first: bool = False) -> dict:
+        if self.kind == "chat.completion":
+            delta: dict[str, Any] = {}
+            if first:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+    async def _stream(self, request: Request) -> AsyncIterator[str]:
+        completion = 0
+        prompt_tokens = 0
+        scores: dict[int, Any] = {}
+        fired: dict[int, bool] = {}
+        try:
+            async for p, ev in self._events(request):
+                t = ev["type"]
+                if t == "error":
+                    yield "data: " + json.dumps(errors.body(ev.get("status", 500),
+                                                            ev["message"])) + "\n\n"
+                    break
+                if t == "steering":
+                    scores[p], fired[p] = ev["score"], ev["fired"]
+                    prompt_tokens += ev["prompt_tokens"]
+                    steering = self._steering_obj({p: ev["score"]}, {p: ev["fired"]})
+                    first = []
+                    for k in range(self.n):
+                        i = self._choice_index(p, k)
+                        echo = self.echo[p] if self.echo is not None else None
+                        first.append(self._delta(i, "" if self.kind == "chat.completion"
+                                                 else (echo or ""), first=True))
+                    yield self._chunk(first, steering=steering)
+                elif t == "text":
+                    yield self._chunk([self._delta(self._choice_index(p, ev["index"]),
+                                                   ev["text"])])
+                elif t == "finish":
+                    completion += ev["tokens"]
+                    yield self._chunk([self._delta(self._choice_index(p, ev["index"]), None,
+                                                   finish=ev["reason"])])
+            else:
+                if self.req.stream_options and self.req.stream_options.include_usage:
+                    yield self._chunk([], usage=self._usage(prompt_tokens, completion),
+                                      steering=self._steering_obj(scores, fired))
+            yield "data: [DONE]\n\n"
+        finally:
+            self.cancel()  # a client that went away frees its rows at the next iteration
+

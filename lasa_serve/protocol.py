@@ -1,0 +1,105 @@
+"""Request bodies of the OpenAI-compatible endpoints (pydantic), and the error body.
+
+Unknown fields are ignored, as OpenAI clients send more than any one server uses; fields
+that would change the meaning of the answer and that this server cannot honour (logprobs,
+tools, images) are refused with a 400 in :mod:`lasa_serve.routes`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lasa_steer.types import Mode, RequestAction
+
+Stop = Optional[Union[str, list[str]]]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="null")
+
+
+class Steering(_Body):
+    """Per-request steering (the ``steering`` body field; ``extra_body`` in the client)."""
+
+    vector: Optional[str] = Field(None, description="vector name (default: the server's)",
+                                  max_length=128)
+    strength: Optional[float] = Field(None, ge=-1000.0, le=1000.0, allow_inf_nan=False)
+    mode: Optional[Mode] = None
+    action: Optional[RequestAction] = None
+    direction: Optional[str] = Field(None, max_length=64,
+                                     description="named direction in the vector file")
+
+
+class StreamOptions(_Body):
+    include_usage: Optional[bool] = False
+
+
+class _Sampling(_Body):
+    model: str = Field(..., max_length=256)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: Optional[int] = None
+    stop: Stop = None
+    n: Optional[int] = Field(None, ge=1, le=128)
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = None
+    steering: Optional[Steering] = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: Stop) -> Stop:
+        items = [v] if isinstance(v, str) else (v or [])
+        if len(items) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(len(s) > 256 for s in items):
+            raise ValueError("a stop sequence is longer than 256 characters")
+        return v
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class TextPart(_Body):
+    type: str
+    text: Optional[str] = None
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Optional[Union[str, list[TextPart]]] = None
+    name: Optional[str] = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[Message] = Field(..., min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = None
+    tools: Optional[list[dict[str, Any]]] = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    echo: Optional[bool] = False
+    logprobs: Optional[int] = None
+    suffix: Optional[str] = None
+
+
+class ModerationRequest(_Body):
+    input: Union[str, list[str]]
+    model: Optional[str] = Field(None, max_length=256)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,338 @@
+"""The model worker: one thread that owns the model and runs an iteration-level scheduler.
+
+Each iteration it (1) runs queued side tasks (moderation scoring, vector checks), (2) drops
+rows whose client went away, (3) admits waiting requests: their prompts are prefilled
+together (left padding, positions from the mask, the gate decided in that pass) and their
+KV caches are merged into the running batch, (4) runs one decode step for every running
+row, each row with its own steering (a :class:`~lasa_steer.BatchState` row), and (5) drops
+finished rows. Requests therefore share forward passes whatever their vectors, strengths
+or modes, and a request's greedy output does not depend on its neighbours.
+
+Results go back to the web side through each job's ``emit`` callback (thread-safe), one
+call per iteration with a list of events.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import inspect
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from transformers import DynamicCache
+
+from lasa_steer import BatchState, RowSteering, SteeringEngine
+from lasa_steer.steering.prefix import decide_prompts
+from lasa_steer.steering.rows import OFF
+from lasa_steer.tensors import left_pad, position_ids
+
+from . import kv
+from .metrics import Metrics
+from .sampling import Sampler, pick_all
+from .textstream import TextStream
+
+log = logging.getLogger("lasa.server")
+Event = dict[str, Any]
+
+
+@dataclass
+class Job:
+    """One API request: a prompt and ``n`` choices generated from it."""
+
+    id: str
+    prompt_ids: list[int]
+    max_tokens: int
+    samplers: list[Sampler]
+    emit: Callable[[list[Event]], None]
+    steering: RowSteering = OFF
+    prefix_ids: list[int] | None = None  # action 'prefix': opens the assistant turn if fired
+    stop: list[str] = field(default_factory=list)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+    # filled in by the worker
+    score: float | None = None
+    fired: bool = False
+    open_rows: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.samplers)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class _Row:
+    job: Job
+    index: int
+    sampler: Sampler
+    text: TextStream
+    last: int = -1
+    generated: int = 0
+    done: bool = False
+
+
+class Scheduler:
+    """Owns ``model`` (and its :class:`SteeringEngine`) on a background thread."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, engine: SteeringEngine,
+                 metrics: Metrics, max_batch: int = 32, max_prefill_tokens: int = 8192):
+        self.model = model
+        self.tok = tokenizer
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_prefill_tokens = max_prefill_tokens
+        self.device = next(model.parameters()).device
+        self.eos = self._eos_ids(model, tokenizer)
+        # transformers >= 5.24 names the KV-cache argument ``cache``; earlier ones
+        # ``past_key_values`` (an unknown keyword would be swallowed by **kwargs).
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cv = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._tasks: deque[tuple[Callable[[], Any], cf.Future]] = deque()
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None
+        self._state: BatchState | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="lasa-model-worker", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _eos_ids(model: Any, tok: Any) -> set[int]:
+        ids: set[int] = set()
+        for src in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+            value = getattr(src, "eos_token_id", None)
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        if tok.eos_token_id is not None:
+            ids.add(int(tok.eos_token_id))
+        return ids
+
+    # ------------------------------------------------------------------ public (any thread)
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            self._waiting.append(job)
+            self._cv.notify()
+
+    def call(self, fn: Callable[[], Any]) -> cf.Future:
+        """Run ``fn`` on the worker thread between iterations (it owns the model)."""
+        fut: cf.Future = cf.Future()
+        with self._cv:
+            self._tasks.append((fn, fut))
+            self._cv.notify()
+        return fut
+
+    def load(self) -> dict[str, int]:
+        with self._cv:
+            return {"running": len(self._rows), "waiting": len(self._waiting)}
+
+    def close(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------------ the loop
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._closing or self._waiting or self._tasks or self._rows):
+                    self._cv.wait()
+                if self._closing:
+                    break
+                tasks = list(self._tasks)
+                self._tasks.clear()
+                admitted = self._admit()
+            for fn, fut in tasks:
+                self._run_task(fn, fut)
+            try:
+                self._drop()
+                if admitted:
+                    self._prefill(admitted)
+                if self._rows:
+                    self._decode()
+            except Exception as exc:  # never let one bad batch kill the worker
+                log.exception("model worker: batch failed; failing its requests")
+                self._fail_all(exc)
+            self.metrics.set_load(len(self._rows), len(self._waiting))
+        for job in list(self._waiting):
+            job.emit([{"type": "error", "status": 503, "message": "server shutting down"}])
+
+    def _admit(self) -> list[Job]:
+        """Waiting jobs that fit the batch (rows) and the prefill token budget; FIFO."""
+        out: list[Job] = []
+        rows = len(self._rows)
+        tokens = 0
+        while self._waiting:
+            job = self._waiting[0]
+            if job.cancelled.is_set():
+                self._waiting.popleft()
+                continue
+            size = len(job.prompt_ids) + len(job.prefix_ids or [])
+            if out and (rows + job.n > self.max_batch or tokens + size > self.max_prefill_tokens):
+                break
+            if not out and rows and rows + job.n > self.max_batch:
+                break
+            self._waiting.popleft()
+            out.append(job)
+            rows += job.n
+            tokens += size
+        return out
+
+    def _run_task(self, fn: Callable[[], Any], fut: cf.Future) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            with self.engine.paused():
+                fut.set_result(fn())
+        except BaseException as exc:  # handed to the caller
+            fut.set_exception(exc)
+
+    # ------------------------------------------------------------------ prefill
+    def _gate_for_prefix(self, jobs: list[Job]) -> None:
+        """Action 'prefix': decide the gate first (model run only up to the gate block),
+        then open the assistant turn of fired prompts with the safety instruction."""
+        todo = [j for j in jobs if j.prefix_ids is not None]
+        if not todo:
+            return
+        d = decide_prompts(self.model, [j.steering for j in todo], [j.prompt_ids for j in todo],
+                           self.tok.pad_token_id, self.engine, self.engine.layer_map)
+        for j, score, fired in zip(todo, d.scores.tolist(), d.fired.tolist()):
+            j.score = None if math.isnan(score) else float(score)
+            j.fired = bool(fired)
+            self.metrics.gate(j.fired, evaluated=j.steering.mode == "gate")
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        try:
+            self._gate_for_prefix(jobs)
+            prompts = [j.prompt_ids + (j.prefix_ids if j.fired and j.prefix_ids else [])
+                       for j in jobs]
+            ids, mask = left_pad(prompts, self.tok.pad_token_id, self.device)
+            cache = DynamicCache()
+            state = BatchState.new([OFF if j.prefix_ids is not None else j.steering
+                                    for j in jobs])
+            self.engine.use(state)  # its gates are decided in this prompt pass
+            with torch.inference_mode():
+                out = self.model(input_ids=ids, attention_mask=mask,
+                                 position_ids=position_ids(mask), use_cache=True,
+                                 logits_to_keep=1, **{self._cache_kw: cache})
+        except Exception as exc:
+            log.exception("prefill of %d request(s) failed", len(jobs))
+            self.engine.use(self._state)
+            for j in jobs:
+                j.emit([{"type": "error", "status": 500,
+                         "message": f"generation failed: {type(exc).__name__}"}])
+            return
+        for i, j in enumerate(jobs):
+            if j.prefix_ids is None:
+                score = float(state.scores[i])
+                j.score = None if math.isnan(score) else score
+                j.fired = bool(state.fired[i])
+                if j.steering.mode != "off":
+                    self.metrics.gate(j.fired, evaluated=j.steering.mode == "gate")
+        index = [i for i, j in enumerate(jobs) for _ in range(j.n)]
+        cache, mask = kv.select(cache, mask, index)
+        state = state.select(index)
+        logits = out.logits[:, -1, :].index_select(0, torch.as_tensor(index, device=self.device))
+        new_rows = [_Row(job=j, index=k, sampler=j.samplers[k], text=TextStream(self.tok, j.stop))
+                    for j in jobs for k in range(j.n)]
+        for j in jobs:
+            j.open_rows = j.n
+            self.metrics.prompt_tokens(len(j.prompt_ids))
+            j.emit([{"type": "steering", "score": j.score, "fired": j.fired,
+                     "prompt_tokens": len(j.prompt_ids)}])
+        self._cache, self._mask = kv.merge(self._cache, self._mask, cache, mask)
+        self._state = state if self._state is None or not self._rows else \
+            BatchState.concat([self._state, state])
+        self._rows.extend(new_rows)
+        self.engine.use(self._state)
+        self._advance(new_rows, logits)
+        self._drop()
+
+    # ------------------------------------------------------------------ decode
+    def _decode(self) -> None:
+        assert self._cache is not None and self._mask is not None
+        rows = self._rows
+        ids = torch.tensor([[r.last] for r in rows], dtype=torch.long, device=self.device)
+        pos = self._mask.sum(-1, keepdim=True)  # the next position of every row
+        mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
+        self.engine.use(self._state)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                             use_cache=True, **{self._cache_kw: self._cache})
+        self._mask = mask
+        self.metrics.batch(len(rows))
+        self._advance(rows, out.logits[:, -1, :])
+        self._drop()
+
+    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Take one sampled token per row; emit text and finishes, grouped per job."""
+        tokens = pick_all([r.sampler for r in rows], logits)
+        events: dict[int, tuple[Job, list[Event]]] = {}
+        for r, t in zip(rows, tokens):
+            if r.done or r.job.cancelled.is_set():
+                continue
+            r.generated += 1
+            r.last = t
+            reason = None
+            if t in self.eos:
+                reason = "stop"
+            elif r.text.add(t):
+                reason = "stop"
+            elif r.generated >= r.job.max_tokens:
+                reason = "length"
+            piece = r.text.release(final=reason is not None)
+            evs = events.setdefault(id(r.job), (r.job, []))[1]
+            if piece:
+                evs.append({"type": "text", "index": r.index, "text": piece})
+            if reason:
+                r.done = True
+                r.job.open_rows -= 1
+                self.metrics.completion_tokens(r.generated)
+                evs.append({"type": "finish", "index": r.index, "reason": reason,
+                            "tokens": r.generated})
+                if r.job.open_rows == 0:
+                    evs.append({"type": "done"})
+                    self.metrics.latency(time.monotonic() - r.job.submitted)
+        for job, evs in events.values():
+            if evs:
+                job.emit(evs)
+
+    def _drop(self) -> None:
+        """Remove finished rows (and rows of cancelled jobs) from the running batch."""
+        for r in self._rows:
+            if not r.done and r.job.cancelled.is_set():
+                r.done = True
+                self.metrics.completion_tokens(r.generated)
+        keep = [i for i, r in enumerate(self._rows) if not r.done]
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._cache, self._mask, self._state = [], None, None, None
+            self.engine.use(None)
+            return
+        self._rows = [self._rows[i] for i in keep]
+        assert self._cache is not None and self._mask is not None and self._state is not None
+        self._cache, self._mask = kv.select(self._cache, self._mask, keep)
+        self._state = self._state.select(keep)
+        self.engine.use(self._state)
+
+    def _fail_all(self, exc: Exception) -> None:
+        jobs = {id(r.job): r.job for r in self._rows if not r.done}
+        for job in jobs.values():
+            job.emit([{"type": "error", "status": 500,
+                       "message": f"generation failed: {type(exc).__name__}"}])
+        self._rows, self._cache, self._mask, self._state = [], None, None, None
+        self.engine.use(None)

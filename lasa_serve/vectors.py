@@ -1,0 +1,100 @@
+"""The vectors a server may use: the ``.safetensors`` files of one folder that fit its model.
+
+Requests name vectors, never paths: a name is a file stem in the folder, checked against
+a strict pattern. (Re)loading reads and validates the new file completely before it
+replaces the old entry, so a bad file leaves the old vector serving. Rows already in
+flight keep the vector object they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lasa_steer import LasaError, SteeringVector
+from lasa_steer.errors import VectorNameError
+
+log = logging.getLogger("lasa.server")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]{0,127}$")
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name) or ".." in name or name.endswith(".safetensors"):
+        raise VectorNameError(
+            f"vector name {name!r} is not valid: use the file stem of a .safetensors file in "
+            "the server's vector folder (letters, digits, '_', '-', '.')")
+    return name
+
+
+class VectorRegistry:
+    def __init__(self, model: torch.nn.Module, folder: Path | None,
+                 extra: dict[str, SteeringVector] | None = None):
+        self.model = model
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._vectors: dict[str, SteeringVector] = dict(extra or {})
+        self.skipped: dict[str, str] = {}
+
+    def scan(self) -> None:
+        """Load every vector in the folder that fits the model; log and skip the rest."""
+        if self.folder is None or not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob("*.safetensors")):
+            try:
+                self._vectors[path.stem] = self._read(path)
+            except LasaError as exc:
+                self.skipped[path.stem] = str(exc)
+                log.info("vector %s skipped: %s", path.name, exc)
+
+    def _read(self, path: Path) -> SteeringVector:
+        check_name(path.stem)
+        # load() copies the tensors out of the file's memory map: an admin overwriting a
+        # vector file in place cannot pull the pages from under a serving vector (SIGBUS).
+        vector = SteeringVector.load(path)
+        vector.check_model(self.model)
+        return vector
+
+    def load(self, name: str) -> SteeringVector:
+        """(Re)load ``<folder>/<name>.safetensors``; on any error the old entry stays."""
+        check_name(name)
+        if self.folder is None:
+            raise FileNotFoundError("the server has no vector folder (--vectors)")
+        path = self.folder / f"{name}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"no vector file {name}.safetensors in the vector folder")
+        vector = self._read(path)
+        with self._lock:
+            self._vectors[name] = vector
+        self.skipped.pop(name, None)
+        return vector
+
+    def get(self, name: str) -> SteeringVector | None:
+        with self._lock:
+            return self._vectors.get(name)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._vectors)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        v = self.get(name)
+        if v is None:
+            raise KeyError(name)
+        gate = v.gate
+        return {
+            "id": name, "object": "steering.vector",
+            "model": v.model.name,
+            "gate": None if gate is None else {"layer": gate.layer, "site": gate.site,
+                                               "threshold": gate.threshold,
+                                               "pooling": gate.pooling},
+            "site": v.site,
+            "directions": {d: sorted(layers) for d, layers in v.directions.items()},
+            "default_direction": v.default_direction,
+            "default_action": v.default_action,
+            "default_strength": v.default_strength,
+        }

@@ -1,0 +1,101 @@
+"""``lasa fit MODEL``: fit a gated refusal vector file from multilingual harmful/harmless data."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from ..fit.bottleneck import DEFAULT_BAND
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="fit a vector file (gate + refusal directions) for a model")
+    p.add_argument("model", help="model name, folder, hub id or .gguf file")
+    p.add_argument("--data", default="polyrefuse",
+                   help="'polyrefuse' (the shared PolyRefuse folder; train split for fitting, "
+                        "val split for calibration) or a JSONL/CSV with text,label,lang")
+    p.add_argument("--val", help="validation JSONL/CSV (default: a seeded 20%% of --data, or "
+                                 "the PolyRefuse val split)")
+    p.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
+    p.add_argument("--langs", help="comma-separated language codes (default: all)")
+    p.add_argument("--limit", type=int, help="PolyRefuse rows per language and label (train)")
+    p.add_argument("--val-limit", type=int, help="PolyRefuse val rows per language and label")
+    p.add_argument("-o", "--out", required=True, help="output vector file (.safetensors)")
+    p.add_argument("--report", help="report path stem (default: next to --out, '<out>.fit')")
+    p.add_argument("--layer", type=int, help="bottleneck block (default: choose it)")
+    p.add_argument("--band", default=f"{DEFAULT_BAND[0]},{DEFAULT_BAND[1]}",
+                   help="depth band for the bottleneck, as fractions (default %(default)s)")
+    p.add_argument("--refusal-layers", help="comma-separated blocks for the refusal direction")
+    p.add_argument("--steer-layers", help="comma-separated blocks steered by default "
+                                          "(default: the first block after the bottleneck)")
+    p.add_argument("--fpr", type=float, default=0.02, help="gate target FPR (default 0.02)")
+    p.add_argument("--strengths", default="3,4,5", help="strength grid to calibrate")
+    p.add_argument("--contrastive-per-language", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default=None,
+                   help="model dtype (default: float32 on the CPU, bf16/fp16 on CUDA)")
+    p.add_argument("--capture-dtype", default="auto",
+                   help="dtype of the activation captures: 'auto' (a bfloat16 copy of a "
+                        "float32 model on a CPU with AMX, else the model), 'model', or a "
+                        "dtype name; the gate threshold and generation always use the model")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..fit.data import load_labelled, load_polyrefuse, split_examples
+    from ..fit.pipeline import FitConfig, fit, write_report
+    from ..model.loading import load_model
+
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    langs = [x.strip() for x in args.langs.split(",")] if args.langs else None
+    if args.data == "polyrefuse":
+        train = load_polyrefuse(args.data_dir, "train", langs, args.limit, args.seed)
+        val = load_polyrefuse(args.data_dir, "val", langs, args.val_limit, args.seed)
+        info = {"train": "PolyRefuse train split", "val": "PolyRefuse val split"}
+    else:
+        train = load_labelled(args.data)
+        if langs:
+            train = [e for e in train if e.lang in langs]
+        if args.val:
+            val = load_labelled(args.val)
+            info = {"train": str(args.data), "val": str(args.val)}
+        else:
+            train, val = split_examples(train, 0.2, args.seed)
+            info = {"train": f"{args.data} (80%)", "val": f"{args.data} (seeded 20%)"}
+    model, tok = load_model(args.model, dtype=args.dtype)
+    band = tuple(float(x) for x in args.band.split(","))
+    cfg = FitConfig(layer=args.layer, band=band,  # type: ignore[arg-type]
+                    refusal_layers=[int(x) for x in args.refusal_layers.split(",")]
+                    if args.refusal_layers else None,
+                    steer_layers=[int(x) for x in args.steer_layers.split(",")]
+                    if args.steer_layers else None,
+                    fpr=args.fpr, strengths=tuple(float(x) for x in args.strengths.split(",")),
+                    contrastive_per_language=args.contrastive_per_language,
+                    capture_dtype=args.capture_dtype, batch_size=args.batch_size,
+                    seed=args.seed, progress=not args.no_progress)
+    result = fit(model, tok, train, val, cfg, data_info=info)
+    elapsed = time.perf_counter() - t0
+    result.report["wall_time_s"] = round(elapsed, 1)
+    result.vector.extra["fit_wall_time_s"] = round(elapsed, 1)
+    out = result.vector.save(args.out)
+    stem = Path(args.report) if args.report else out.with_name(out.stem + ".fit")
+    paths = write_report(result, stem)
+    r = result.report
+    print(f"wrote {out} (bottleneck block {r['bottleneck']}, gate threshold "
+          f"{r['gate']['threshold']:.4f}, refusal {r['refusal']['chosen']} x "
+          f"{r['refusal']['strength']} at blocks {r['refusal']['layers']}) in {elapsed:.0f} s")
+    print("report: " + ", ".join(str(p) for p in paths))
+    return 0

@@ -1,0 +1,58 @@
+"""``lasa info VECTOR``: print a vector file's metadata readably."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..vector.file import SteeringVector
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print a vector file's metadata")
+    p.add_argument("vector", help="path to a .safetensors vector file")
+    p.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
+    p.set_defaults(func=run)
+
+
+def describe(vector: SteeringVector) -> str:
+    meta = vector.metadata()
+    m = vector.model
+    lines = [
+        f"vector       {vector.path or vector.name}",
+        f"format       version {meta['format_version']}, made by lasa-steer "
+        f"{meta['provenance'].get('tool_version', '?')}",
+        f"model        {m.name} ({m.architecture}), hidden {m.hidden_size}, "
+        f"{m.num_layers} blocks, config fingerprint {m.config_fingerprint}",
+    ]
+    if vector.gate:
+        g = vector.gate
+        lines.append(f"gate         block {g.layer} {g.site}, pooling {g.pooling}, "
+                     f"threshold {g.threshold:.4g}")
+    else:
+        lines.append("gate         none (mode='always' only)")
+    for name, per_layer in sorted(vector.directions.items()):
+        blocks = sorted(per_layer)
+        norms = ", ".join(f"{per_layer[b].norm():.3g}" for b in blocks[:6])
+        more = " ..." if len(blocks) > 6 else ""
+        lines.append(f"direction    {name!r} at {vector.site} of blocks {blocks} "
+                     f"(norms {norms}{more})")
+    lines.append(f"defaults     action {vector.default_action}, strength "
+                 f"{vector.default_strength:.4g}, direction {vector.default_direction!r}")
+    for key, value in sorted(meta["provenance"].items()):
+        if key != "tool_version":
+            text = json.dumps(value) if not isinstance(value, str) else value
+            lines.append(f"provenance   {key}: {text if len(text) < 200 else text[:197] + '...'}")
+    for key, value in sorted(meta["extra"].items()):
+        text = json.dumps(value)
+        lines.append(f"extra        {key}: {text if len(text) < 200 else text[:197] + '...'}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    vector = SteeringVector.load(args.vector)
+    if args.json:
+        print(json.dumps(vector.metadata(), indent=2, sort_keys=True))
+    else:
+        print(describe(vector))
+    return 0

@@ -1,0 +1,128 @@
+"""Reading the shared data files: one language-code set, CSV/JSON readers that name the
+file and row of any defect, and the MultiJail table, for the fit's loaders and the eval's
+benchmarks alike.
+
+Language codes: ISO 639-1 where the language has one (``sw``, ``jv``, ``zh``), else ISO
+639-3 (``ace``, ``ban``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from .errors import DataError
+
+# NTREX three-letter codes (ISO 639-3 plus script/region tags) and NusaX column names.
+_CODE_MAP: dict[str, str] = {
+    "eng": "en", "eng-us": "en", "eng-gb": "en", "arb": "ar", "ara": "ar", "ben": "bn",
+    "deu": "de", "fra": "fr", "hin": "hi", "ind": "id", "ita": "it", "jpn": "ja",
+    "kor": "ko", "msa": "ms", "zsm": "ms", "nld": "nl", "pol": "pl", "rus": "ru",
+    "spa": "es", "swa": "sw", "swh": "sw", "tha": "th", "vie": "vi", "yor": "yo",
+    "zho": "zh", "zho-cn": "zh", "zho-hans": "zh", "cmn": "zh", "jav": "jv", "sun": "su",
+    "por": "pt", "tur": "tr", "ukr": "uk", "ces": "cs", "tel": "te", "tam": "ta",
+    "urd": "ur", "fas": "fa", "heb": "he", "ell": "el", "hun": "hu", "ron": "ro",
+    "swe": "sv", "dan": "da", "fin": "fi", "nob": "nb", "bul": "bg", "cat": "ca",
+    # NusaX column names
+    "english": "en", "indonesian": "id", "javanese": "jv", "sundanese": "su",
+    "acehnese": "ace", "balinese": "ban", "banjarese": "bjn", "buginese": "bug",
+    "madurese": "mad", "minangkabau": "min", "ngaju": "nij", "toba_batak": "bbc",
+}
+
+
+def lang_code(code: str) -> str:
+    """Normalise a language code or name to the project's code set (see module doc)."""
+    key = code.strip().lower()
+    if key not in _CODE_MAP:
+        key = key.replace("_", "-")
+    if key in _CODE_MAP:
+        return _CODE_MAP[key]
+    base = key.split("-")[0]
+    if len(base) == 2:
+        return base
+    return _CODE_MAP.get(base, base)
+
+
+def default_data_dir(path: str | os.PathLike[str] | None = None, required: bool = True
+                     ) -> Path | None:
+    """The shared data folder: ``path``, else ``$LASA_DATA``, else ``../shared/data``
+    relative to the working directory or to the repository (a source checkout)."""
+    candidates = [Path(path)] if path else []
+    if not path and os.environ.get("LASA_DATA"):
+        candidates.append(Path(os.environ["LASA_DATA"]))
+    if not path:
+        candidates += [Path.cwd() / ".." / "shared" / "data",
+                       Path(__file__).resolve().parents[2] / ".." / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    if required:
+        raise DataError(f"data folder not found (tried {[str(c) for c in candidates]}); "
+                        "pass a path or set LASA_DATA")
+    return None
+
+
+def read_json(path: Path) -> object:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: empty file (no header row)")
+            rows = []
+            for n, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}: row {n} has {len(row)} fields, the header has "
+                                    f"{len(header)}")
+                rows.append(dict(zip(header, row)))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: unreadable CSV ({exc})") from exc
+    return header, rows
+
+
+def read_instructions(path: Path) -> list[str]:
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {{\"instruction\": ...}} objects")
+    out = []
+    for i, item in enumerate(data):
+        text = item.get("instruction") if isinstance(item, dict) else item
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}: row {i} (0-based list index) has no non-empty "
+                            "'instruction' string")
+        out.append(text)
+    return out
+
+
+MULTIJAIL_META = ("id", "source", "tags")  # MultiJail's columns before the languages
+
+
+def read_language_columns(path: Path, skip: tuple[str, ...] = ()
+                          ) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
+    """A CSV with one column per language (MultiJail, NusaX; unnamed and ``skip`` columns
+    are not languages). Returns the ``(column, language code)`` pairs and the rows; an
+    empty cell raises :class:`DataError` naming the file, row and column."""
+    header, rows = read_csv(path)
+    cols = [(c, lang_code(c)) for c in header if c.strip() and c not in skip]
+    if not cols:
+        raise DataError(f"{path}: no language columns in header {header}")
+    for n, row in enumerate(rows, start=2):
+        for c, _ in cols:
+            if not row[c].strip():
+                raise DataError(f"{path}: row {n} column {c!r} is empty")
+    return cols, rows

@@ -1,0 +1,1 @@
+"""``lasa eval``: benchmarks, generation with and without steering, judges, the report."""

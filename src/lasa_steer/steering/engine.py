@@ -1,0 +1,122 @@
+"""The hook engine: applies a :class:`BatchState` on every forward pass.
+
+Hooks are installed with ``register_forward_hook`` / ``register_forward_pre_hook`` through
+closure factories and removed through their handles; modules are never replaced. All
+per-request state lives in the :class:`BatchState` outside the modules, and :meth:`use` is
+the only way to set it (``steer()``, the server's scheduler and the eval all go through it).
+
+On a pass where some row's gate is undecided, the engine reads it at the gate's point from
+the pass's attention mask (last real token or mean, left or right padding) through
+:func:`lasa_steer.steering.gate.decide`, then keeps the decision for the rest of the
+request. When no row of a batch is active the hooks return their input untouched, so
+outputs are bit-identical to the vanilla model.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ..model.layers import LayerMap, find_layers
+from ..tensors import install_hook, pass_mask, pool
+from ..types import Point
+from .gate import decide
+from .state import BatchState, PointPlan
+
+
+class SteeringEngine:
+    """Installs hooks on a model and applies :attr:`state` on every forward pass."""
+
+    def __init__(self, model: nn.Module, blocks: str | None = None,
+                 layer_map: LayerMap | None = None):
+        self.model = model
+        self.layer_map = layer_map or find_layers(model, blocks)
+        self.state: BatchState | None = None
+        self._handles: dict[Point, RemovableHandle] = {}
+        self._top: RemovableHandle | None = model.register_forward_pre_hook(
+            self._on_model_call, with_kwargs=True)
+
+    def use(self, state: BatchState | None) -> None:
+        """Set the per-row state of the batch the next passes run (None: steer nothing).
+        Installs the hooks its points need; undecided gates are read in the next pass."""
+        if state is not None:
+            self.ensure_points(state.points())
+        self.state = state
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No steering inside the block (e.g. a capture pass); the state is kept."""
+        saved = self.state
+        self.state = None
+        try:
+            yield
+        finally:
+            self.state = saved
+
+    def ensure_points(self, points: set[Point]) -> None:
+        for point in points:
+            if point not in self._handles:
+                site, layer = point
+                self._handles[point] = install_hook(self.layer_map.block(layer), site,
+                                                    self._make_hook(point))
+
+    def remove(self) -> None:
+        for h in self._handles.values():
+            h.remove()
+        self._handles.clear()
+        if self._top is not None:
+            self._top.remove()
+            self._top = None
+        self.state = None
+
+    # ------------------------------------------------------------- per pass
+    def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        state = self.state
+        if state is None:
+            return
+        state.pool_mask = None if bool(state.decided.all()) else pass_mask(args, kwargs)
+
+    def _make_hook(self, point: Point):
+        def hook(hidden: torch.Tensor) -> torch.Tensor | None:
+            return self._apply(point, hidden)
+        return hook
+
+    def _apply(self, point: Point, hidden: torch.Tensor) -> torch.Tensor | None:
+        state = self.state
+        if state is None or hidden.dim() != 3 or hidden.shape[0] != len(state):
+            return None
+        plan = state.plan(point, hidden.shape[-1], hidden.device)
+        if plan is None:
+            return None
+        if plan.gates and state.pool_mask is not None:
+            self._read_gates(state, plan, hidden)
+        upd = plan.update
+        if upd is None:
+            return None
+        active = state.fired.to(hidden.device)
+        alpha = upd.alpha * active
+        beta = upd.beta * active
+        if not bool(((alpha != 0) | (beta != 0)).any()):
+            return None
+        coef = alpha[:, None].expand(-1, hidden.shape[1])
+        if upd.needs_proj:
+            proj = torch.einsum("bth,bh->bt", hidden.float(), upd.u)
+            coef = coef + beta[:, None] * proj
+        delta = coef[:, :, None] * upd.u[:, None, :]
+        return hidden + delta.to(hidden.dtype)
+
+    @staticmethod
+    def _read_gates(state: BatchState, plan: PointPlan, hidden: torch.Tensor) -> None:
+        mask: Any = state.pool_mask
+        for group in plan.gates:
+            pending = group.rows[~state.decided[group.rows]]
+            if pending.numel() == 0:
+                continue
+            dev = pending.to(hidden.device)
+            pooled = pool(hidden[dev], mask.to(hidden.device)[dev], group.gate.pooling)
+            d = decide(group.gate, pooled)
+            state.record(pending, d.scores, d.fired)

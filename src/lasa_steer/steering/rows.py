@@ -1,0 +1,100 @@
+"""How one batch row (one request) is steered, and the one rule that fills its defaults."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from ..errors import SteeringConfigError
+from ..types import ACTIONS, MODES, Point, point_order
+from ..vector.file import SteeringVector
+
+
+def default_strength(vector: SteeringVector, action: str) -> float:
+    """The file's strength for its own action and for ``add``; 1.0 (all of the component)
+    for ``project``/``clamp`` when the file was calibrated for another action."""
+    if action == vector.default_action or action == "add":
+        return vector.default_strength
+    return 1.0
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise :class:`SteeringConfigError` naming ``name`` unless ``value`` is a choice."""
+    if value not in choices:
+        raise SteeringConfigError(f"{name}={value!r}: must be one of {choices}")
+
+
+@dataclass(frozen=True)
+class RowSteering:
+    """How one batch row (one request) is steered."""
+
+    vector: SteeringVector | None = None
+    strength: float | None = None
+    mode: str = "gate"
+    action: str | None = None
+    direction: str | None = None
+    layers: tuple[int, ...] | None = None
+
+    def resolved(self) -> "RowSteering":
+        """Fill defaults from the vector and validate; raise :class:`SteeringConfigError`."""
+        check_choice("mode", self.mode, MODES)
+        v = self.vector
+        if v is None or self.mode == "off":
+            return replace(self, mode="off", strength=0.0)
+        action = self.action or v.default_action
+        check_choice("action", action, ACTIONS)
+        strength = default_strength(v, action) if self.strength is None else float(self.strength)
+        if not math.isfinite(strength):
+            raise SteeringConfigError(f"strength={self.strength!r} is not finite")
+        dname = self.direction or v.default_direction
+        if dname not in v.directions:
+            raise SteeringConfigError(
+                f"direction={dname!r}: vector {v.name!r} has {sorted(v.directions)}")
+        layers = self._checked_layers(v, dname)
+        if action == "clamp":
+            targets = v.clamp_targets.get(dname, {})
+            lacking = [x for x in layers if x not in targets]
+            if lacking:
+                raise SteeringConfigError(
+                    f"action='clamp': vector {v.name!r} has no clamp target for direction "
+                    f"{dname!r} at block(s) {lacking}")
+        if self.mode == "gate":
+            self._check_gate_first(v, layers)
+        return replace(self, strength=strength, action=action, direction=dname, layers=layers)
+
+    def _checked_layers(self, v: SteeringVector, dname: str) -> tuple[int, ...]:
+        available = sorted(v.directions[dname])
+        layers = tuple(sorted(set(int(x) for x in self.layers))) if self.layers is not None \
+            else tuple(available)
+        missing = [x for x in layers if x not in v.directions[dname]]
+        if missing:
+            raise SteeringConfigError(
+                f"layers={list(self.layers or [])}: vector {v.name!r} direction {dname!r} has "
+                f"no direction at block(s) {missing}; available blocks: {available}")
+        return layers
+
+    @staticmethod
+    def _check_gate_first(v: SteeringVector, layers: tuple[int, ...]) -> None:
+        if v.gate is None:
+            raise SteeringConfigError(
+                f"mode='gate': vector {v.name!r} has no gate; use mode='always'")
+        gate_at = (v.gate.site, v.gate.layer)
+        early = [x for x in layers if point_order((v.site, x)) < point_order(gate_at)]
+        if early:
+            raise SteeringConfigError(
+                f"mode='gate': steering at block(s) {early} ({v.site}) would run before "
+                f"the gate reads block {v.gate.layer} ({v.gate.site}); steer at later "
+                "blocks or use mode='always'")
+
+    def gate_point(self) -> Point | None:
+        if self.mode != "gate" or self.vector is None or self.vector.gate is None:
+            return None
+        return (self.vector.gate.site, self.vector.gate.layer)
+
+    def steer_points(self) -> list[Point]:
+        if self.mode == "off" or self.vector is None or not self.strength:
+            return []
+        return [(self.vector.site, layer) for layer in (self.layers or ())]
+
+
+OFF = RowSteering(mode="off")
