@@ -1,4 +1,4 @@
-"""Request bodies of the OpenAI-compatible endpoints (pydantic), and the error body.
+"""Request and response bodies of the OpenAI-compatible endpoints (pydantic).
 
 Unknown fields are ignored, as OpenAI clients send more than any one server uses; fields
 that would change the meaning of the answer and that this server cannot honour (logprobs,
@@ -36,7 +36,9 @@ class StreamOptions(_Body):
     include_usage: Optional[bool] = False
 
 
-class _Sampling(_Body):
+class SamplingRequest(_Body):
+    """Fields shared by chat and text completion requests."""
+
     model: str = Field(..., max_length=256)
     max_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
@@ -74,7 +76,7 @@ class Message(_Body):
     name: Optional[str] = None
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingRequest):
     messages: list[Message] = Field(..., min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: Optional[bool] = None
@@ -82,7 +84,7 @@ class ChatCompletionRequest(_Sampling):
     tools: Optional[list[dict[str, Any]]] = None
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingRequest):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     echo: Optional[bool] = False
     logprobs: Optional[int] = None
@@ -103,3 +105,113 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# ------------------------------------------------------------------------- responses
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> "Usage":
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens)
+
+
+class SteeringResult(BaseModel):
+    """The response's ``steering`` object: the settings used and the gate's decision."""
+
+    vector: Optional[str] = None
+    mode: str = "off"
+    action: Optional[str] = None
+    direction: Optional[str] = None
+    strength: Optional[float] = None
+    gate_score: Optional[float] = None
+    threshold: Optional[float] = None
+    fired: bool = False
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Optional[str] = None
+
+
+class ChatDelta(BaseModel):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: Optional[str] = None
+
+
+class _Completion(BaseModel):
+    id: str
+    object: str
+    created: int
+    model: str
+
+
+class ChatCompletionResponse(_Completion):
+    choices: list[ChatChoice]
+    usage: Usage
+    steering: SteeringResult
+
+
+class CompletionResponse(_Completion):
+    choices: list[TextChoice]
+    usage: Usage
+    steering: SteeringResult
+
+
+class CompletionChunk(_Completion):
+    """One server-sent event; ``usage``/``steering`` appear only where set."""
+
+    choices: list[Union[ChatChunkChoice, TextChoice]]
+    usage: Optional[Usage] = None
+    steering: Optional[SteeringResult] = None
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    score: float
+    threshold: float
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "lasa-steer"
+    context_window: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,15 +14,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lasa_steer import LasaError
 from lasa_steer.errors import VectorNameError
-from lasa_steer.capture import gate_scores
-from lasa_steer.prompts import format_prompt
 
 from . import errors
 from .errors import APIError
-from .generation import Generation
 from .middleware import GuardMiddleware
 from .runtime import Runtime
-from .protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModerationRequest
+from .protocol import (ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard,
+                       ModelList, ModerationRequest, ModerationResponse)
+from .serving.chat import ChatFlavor, chat_prompt
+from .serving.completion import TextFlavor, completion_prompts
+from .serving.generation import Generation
+from .serving.moderation import moderate
 
 log = logging.getLogger("lasa.server")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -53,11 +54,11 @@ def create_app(rt: Runtime) -> FastAPI:
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models", responses=ERRORS)
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(rt)]}
+    async def models() -> ModelList:
+        return ModelList(data=[_model_card(rt)])
 
     @app.get("/v1/models/{model_id}", responses=ERRORS)
-    async def model(model_id: str) -> dict[str, Any]:
+    async def model(model_id: str) -> ModelCard:
         _check_model(rt, model_id)
         return _model_card(rt)
 
@@ -89,105 +90,23 @@ def create_app(rt: Runtime) -> FastAPI:
 
     # ----------------------------------------------------------------- moderation
     @app.post("/v1/moderations", responses=ERRORS)
-    async def moderations(req: ModerationRequest) -> dict[str, Any]:
-        inputs = [req.input] if isinstance(req.input, str) else list(req.input)
-        if not inputs:
-            raise APIError(400, "input: give at least one text", param="input")
-        if len(inputs) > rt.config.max_moderation_inputs:
-            raise APIError(400, f"input: at most {rt.config.max_moderation_inputs} texts per "
-                           "request", param="input")
-        name = req.model if req.model and req.model != rt.model_name else rt.default_vector
-        vector = rt.vectors.get(name) if name else None
-        if vector is None:
-            raise APIError(404, f"model {req.model!r}: no such model or vector (moderation "
-                           f"uses a vector's gate; vectors: {rt.vectors.names()})",
-                           param="model", code="model_not_found")
-        if vector.gate is None:
-            raise APIError(400, f"vector {name!r} has no gate", param="model")
-        for i, text in enumerate(inputs):
-            n = len(rt.tok(text, add_special_tokens=False)["input_ids"])
-            if n + 64 > rt.context:
-                raise APIError(400, f"input[{i}]: {n} tokens exceed the context window of "
-                               f"{rt.context} tokens", param="input",
-                               code="context_length_exceeded")
-        fut = rt.scheduler.call(lambda: gate_scores(rt.model, rt.tok, vector, inputs))
-        scores, flagged = await asyncio.wrap_future(fut)
-        thr = vector.gate.threshold
-        results = [{"flagged": bool(f), "categories": {"harmful": bool(f)},
-                    "category_scores": {"harmful": float(s)}, "score": float(s),
-                    "threshold": thr} for s, f in zip(scores.tolist(), flagged.tolist())]
-        rt.metrics.gate_scored(len(results), sum(r["flagged"] for r in results))
-        return {"id": f"modr-{uuid.uuid4().hex}", "model": name, "results": results}
+    async def moderations(req: ModerationRequest) -> ModerationResponse:
+        return await moderate(rt, req)
 
     # ----------------------------------------------------------------- generation
     @app.post("/v1/chat/completions", responses=ERRORS)
     async def chat(req: ChatCompletionRequest, request: Request) -> Any:
         _check_model(rt, req.model)
-        if req.logprobs or req.top_logprobs:
-            raise APIError(400, "logprobs are not supported by this server", param="logprobs")
-        if req.tools:
-            raise APIError(400, "tools are not supported by this server", param="tools")
-        messages = []
-        for i, m in enumerate(req.messages):
-            if isinstance(m.content, list):
-                parts = []
-                for k, part in enumerate(m.content):
-                    if part.type != "text" or part.text is None:
-                        raise APIError(400, f"messages[{i}].content[{k}]: only text parts are "
-                                       "supported", param=f"messages.{i}.content")
-                    parts.append(part.text)
-                content = "".join(parts)
-            else:
-                content = m.content or ""
-            role = "system" if m.role == "developer" else m.role
-            messages.append({"role": role, "content": content})
-        try:
-            text = format_prompt(rt.tok, messages, chat=True)
-        except Exception as exc:  # template rules (e.g. role order) are the model's own
-            raise APIError(400, f"messages: the model's chat template rejected them: {exc}",
-                           param="messages") from exc
-        ids = rt.tok(text, add_special_tokens=False)["input_ids"]
+        ids = chat_prompt(rt, req)
         max_tokens = req.max_completion_tokens or req.max_tokens
-        spec = Generation(rt, req, [ids], max_tokens, "chat.completion")
-        return await spec.respond(request)
+        return await Generation(rt, req, [ids], max_tokens, ChatFlavor()).respond(request)
 
     @app.post("/v1/completions", responses=ERRORS)
     async def completions(req: CompletionRequest, request: Request) -> Any:
         _check_model(rt, req.model)
-        if req.logprobs:
-            raise APIError(400, "logprobs are not supported by this server", param="logprobs")
-        if req.suffix:
-            raise APIError(400, "suffix is not supported by this server", param="suffix")
-        p = req.prompt
-        if isinstance(p, str):
-            prompts: list[Any] = [p]
-        elif p and all(isinstance(x, int) for x in p):
-            prompts = [p]
-        else:
-            prompts = list(p)
-        if not prompts:
-            raise APIError(400, "prompt: give at least one prompt", param="prompt")
-        vocab = int(getattr(rt.model.config, "vocab_size", 0) or len(rt.tok))
-        all_ids, texts = [], []
-        for i, item in enumerate(prompts):
-            if isinstance(item, str):
-                ids = rt.tok(item, add_special_tokens=False)["input_ids"]
-                texts.append(item)
-            else:
-                if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in item):
-                    raise APIError(400, f"prompt[{i}]: token ids must lie in 0..{vocab - 1}",
-                                   param="prompt")
-                ids = list(item)
-                texts.append(rt.tok.decode(ids))
-            if not ids:
-                bos = rt.tok.bos_token_id
-                if bos is None:
-                    raise APIError(400, f"prompt[{i}] is empty", param="prompt")
-                ids = [int(bos)]
-            all_ids.append(ids)
-        spec = Generation(rt, req, all_ids, req.max_tokens, "text_completion",
-                     echo=texts if req.echo else None)
-        return await spec.respond(request)
+        all_ids, texts = completion_prompts(rt, req)
+        flavor = TextFlavor(texts if req.echo else None, req.n or 1)
+        return await Generation(rt, req, all_ids, req.max_tokens, flavor).respond(request)
 
     return app
 
@@ -211,9 +130,8 @@ def _document_model_enum(app: FastAPI, rt: Runtime) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _model_card(rt: Runtime) -> dict[str, Any]:
-    return {"id": rt.model_name, "object": "model", "created": 0, "owned_by": "lasa-steer",
-            "context_window": rt.context}
+def _model_card(rt: Runtime) -> ModelCard:
+    return ModelCard(id=rt.model_name, context_window=rt.context)
 
 
 def _check_model(rt: Runtime, name: str) -> None:

@@ -21,62 +21,23 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from transformers import DynamicCache
 
-from lasa_steer import BatchState, RowSteering, SteeringEngine
+from lasa_steer import BatchState, SteeringEngine
 from lasa_steer.steering.prefix import decide_prompts
 from lasa_steer.steering.rows import OFF
 from lasa_steer.tensors import left_pad, position_ids
 
 from . import kv
+from .jobs import Event, Job, Row
 from .metrics import Metrics
-from .sampling import Sampler, pick_all
+from .sampling import pick_all
 from .textstream import TextStream
 
 log = logging.getLogger("lasa.server")
-Event = dict[str, Any]
-
-
-@dataclass
-class Job:
-    """One API request: a prompt and ``n`` choices generated from it."""
-
-    id: str
-    prompt_ids: list[int]
-    max_tokens: int
-    samplers: list[Sampler]
-    emit: Callable[[list[Event]], None]
-    steering: RowSteering = OFF
-    prefix_ids: list[int] | None = None  # action 'prefix': opens the assistant turn if fired
-    stop: list[str] = field(default_factory=list)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.monotonic)
-    # filled in by the worker
-    score: float | None = None
-    fired: bool = False
-    open_rows: int = 0
-
-    @property
-    def n(self) -> int:
-        return len(self.samplers)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-
-@dataclass
-class _Row:
-    job: Job
-    index: int
-    sampler: Sampler
-    text: TextStream
-    last: int = -1
-    generated: int = 0
-    done: bool = False
 
 
 class Scheduler:
@@ -99,7 +60,7 @@ class Scheduler:
         self._cv = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._tasks: deque[tuple[Callable[[], Any], cf.Future]] = deque()
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
         self._state: BatchState | None = None
@@ -246,7 +207,7 @@ class Scheduler:
         cache, mask = kv.select(cache, mask, index)
         state = state.select(index)
         logits = out.logits[:, -1, :].index_select(0, torch.as_tensor(index, device=self.device))
-        new_rows = [_Row(job=j, index=k, sampler=j.samplers[k], text=TextStream(self.tok, j.stop))
+        new_rows = [Row(job=j, index=k, sampler=j.samplers[k], text=TextStream(self.tok, j.stop))
                     for j in jobs for k in range(j.n)]
         for j in jobs:
             j.open_rows = j.n
@@ -277,7 +238,7 @@ class Scheduler:
         self._advance(rows, out.logits[:, -1, :])
         self._drop()
 
-    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
+    def _advance(self, rows: list[Row], logits: torch.Tensor) -> None:
         """Take one sampled token per row; emit text and finishes, grouped per job."""
         tokens = pick_all([r.sampler for r in rows], logits)
         events: dict[int, tuple[Job, list[Event]]] = {}

@@ -51,3 +51,31 @@ def right_pad(seqs: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+class ByteTokenizer:
+    """A minimal left-padding tokenizer for the tiny models (ids 3..127; 0 pad, 2 eos)."""
+
+    pad_token_id = 0
+    eos_token_id = 2
+    chat_template = None
+    padding_side = "left"
+
+    def __call__(self, texts, return_tensors=None, padding=True, add_special_tokens=False):
+        if isinstance(texts, str):  # capture() tokenises one text at a time
+            return {"input_ids": self._ids(texts)}
+        seqs = [self._ids(t) for t in texts]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    @staticmethod
+    def _ids(text):
+        return [3 + (b % 125) for b in text.encode("utf-8")][-40:] or [3]
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return ["".join(chr(97 + (int(t) % 26)) for t in row if int(t) > 2) for row in ids]

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers import make_vector
+from helpers import ByteTokenizer, make_vector
 from conftest import SHARED_DATA, make_tiny
 
 from lasa_steer.capture import gate_scores
@@ -23,34 +23,6 @@ from lasa_steer.eval.generator import Decoding, HFGenerator
 from lasa_steer.eval.report import markdown, write_all
 from lasa_steer.eval.run import aggregate, generate_all, run_eval
 from lasa_steer.eval.judges.pattern import Judgement
-
-
-class ByteTokenizer:
-    """A minimal left-padding tokenizer for the tiny models (ids 3..127; 0 pad, 2 eos)."""
-
-    pad_token_id = 0
-    eos_token_id = 2
-    chat_template = None
-    padding_side = "left"
-
-    def __call__(self, texts, return_tensors=None, padding=True, add_special_tokens=False):
-        if isinstance(texts, str):  # capture() tokenises one text at a time
-            return {"input_ids": self._ids(texts)}
-        seqs = [self._ids(t) for t in texts]
-        width = max(len(s) for s in seqs)
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-    @staticmethod
-    def _ids(text):
-        return [3 + (b % 125) for b in text.encode("utf-8")][-40:] or [3]
-
-    def batch_decode(self, ids, skip_special_tokens=True):
-        return ["".join(chr(97 + (int(t) % 26)) for t in row if int(t) > 2) for row in ids]
 
 
 class ScriptedJudge:

@@ -8,67 +8,46 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 
-from lasa_steer import RowSteering, SteeringConfigError
+from .. import errors
+from ..errors import APIError
+from ..protocol import CompletionChunk, SamplingRequest, SteeringResult, Usage
+from ..runtime import Runtime
+from ..sampling import make_sampler
+from ..scheduler import Job
+from .steering import resolve_steering
 
-from . import errors
-from .errors import APIError
-from .runtime import Runtime
-from .sampling import make_sampler
-from .scheduler import Job
-from .protocol import Steering, _Sampling
 
+class Flavor(Protocol):
+    """What differs between chat and text completions: names and choice shapes
+    (:class:`~lasa_serve.serving.chat.ChatFlavor`, ``completion.TextFlavor``)."""
 
-def resolve_steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, dict[str, Any], bool]:
-    """Resolve the request's steering field against the server defaults.
+    object: str
+    chunk_object: str
+    id_prefix: str
+    prompt_param: str
 
-    Returns the row settings, the response's ``steering`` object (without gate results) and
-    whether the action is 'prefix'."""
-    s = s or Steering()
-    c = rt.config
-    mode = s.mode or c.default_mode
-    name = s.vector or rt.default_vector
-    if s.vector is not None or (mode != "off" and name is not None):
-        vector = rt.vectors.get(name) if name else None
-        if vector is None:
-            raise APIError(404, f"steering.vector {name!r}: no such vector; loaded: "
-                           f"{rt.vectors.names()}", param="steering.vector",
-                           code="vector_not_found")
-    else:
-        vector = None
-    if vector is None or mode == "off":
-        info = {"vector": name if vector is not None else None, "mode": "off",
-                "action": None, "strength": 0.0}
-        return RowSteering(mode="off"), info, False
-    action = s.action or c.default_action or vector.default_action
-    if action == "prefix":
-        if mode == "gate" and vector.gate is None:
-            raise APIError(400, f"steering.mode 'gate': vector {name!r} has no gate",
-                           param="steering.mode")
-        return (RowSteering(vector=vector, mode=mode, strength=0.0),
-                {"vector": name, "mode": mode, "action": "prefix", "strength": None}, True)
-    strength = s.strength if s.strength is not None else (
-        c.default_strength if action == vector.default_action else None)
-    try:
-        row = RowSteering(vector=vector, strength=strength, mode=mode, action=action,
-                          direction=s.direction).resolved()
-    except SteeringConfigError as exc:
-        raise APIError(400, f"steering: {exc}", param="steering") from exc
-    return row, {"vector": name, "mode": mode, "action": action, "direction": row.direction,
-                 "strength": row.strength}, False
+    def choice(self, i: int, text: str, finish: str) -> BaseModel: ...
+
+    def delta(self, i: int, text: str | None, finish: str | None = None) -> BaseModel: ...
+
+    def opening(self, i: int, prompt: int) -> BaseModel: ...
+
+    def response(self, **fields: Any) -> BaseModel: ...
 
 
 class Generation:
     """One generation request (chat or text completion), possibly several prompts."""
 
-    def __init__(self, rt: Runtime, req: _Sampling, prompts: list[list[int]],
-                 max_tokens: int | None, kind: str, echo: list[str] | None = None):
-        self.rt, self.req, self.kind, self.echo = rt, req, kind, echo
-        self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex
+    def __init__(self, rt: Runtime, req: SamplingRequest, prompts: list[list[int]],
+                 max_tokens: int | None, flavor: Flavor):
+        self.rt, self.req, self.flavor = rt, req, flavor
+        self.id = flavor.id_prefix + uuid.uuid4().hex
         self.created = int(time.time())
         self.n = req.n or 1
         if self.n > min(rt.config.max_n, rt.config.max_batch):
@@ -88,8 +67,8 @@ class Generation:
                 raise APIError(400, f"this model's context window is {rt.context} tokens; the "
                                f"prompt{f'[{i}]' if len(prompts) > 1 else ''} has {len(ids)} "
                                f"tokens{' plus the safety prefix' if extra else ''}, leaving no "
-                               "room to generate", param="messages" if kind ==
-                               "chat.completion" else "prompt", code="context_length_exceeded")
+                               "room to generate", param=flavor.prompt_param,
+                               code="context_length_exceeded")
             want = max_tokens if max_tokens is not None else rt.config.default_max_tokens
             if rt.config.max_tokens_limit:
                 want = min(want, rt.config.max_tokens_limit)
@@ -149,18 +128,15 @@ class Generation:
     def _choice_index(self, p: int, k: int) -> int:
         return p * self.n + k
 
-    def _steering_obj(self, scores: dict[int, Any], fired: dict[int, bool]) -> dict[str, Any]:
+    def _steering_obj(self, scores: dict[int, Any], fired: dict[int, bool]) -> SteeringResult:
         vals = [v for v in scores.values() if v is not None]
         thr = None
-        if self.steer_info["vector"]:
-            v = self.rt.vectors.get(self.steer_info["vector"])
+        if self.steer_info.vector:
+            v = self.rt.vectors.get(self.steer_info.vector)
             thr = v.gate.threshold if v is not None and v.gate is not None else None
-        return {**self.steer_info, "gate_score": max(vals) if vals else None,
-                "threshold": thr, "fired": any(fired.values())}
-
-    def _usage(self, prompt_tokens: int, completion: int) -> dict[str, int]:
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                "total_tokens": prompt_tokens + completion}
+        return self.steer_info.model_copy(update={
+            "gate_score": max(vals) if vals else None, "threshold": thr,
+            "fired": any(fired.values())})
 
     async def respond(self, request: Request) -> Any:
         if self.req.stream:
@@ -191,42 +167,23 @@ class Generation:
                 completion += ev["tokens"]
         if len(finish) < len(self.prompts) * self.n:  # the client went away
             return JSONResponse(errors.body(499, "client disconnected"), status_code=499)
-        choices = []
-        for i in range(len(self.prompts) * self.n):
-            text = "".join(texts.get(i, []))
-            if self.kind == "chat.completion":
-                choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                "logprobs": None, "finish_reason": finish[i]})
-            else:
-                if self.echo is not None:
-                    text = self.echo[i // self.n] + text
-                choices.append({"index": i, "text": text, "logprobs": None,
-                                "finish_reason": finish[i]})
-        return {"id": self.id, "object": self.kind, "created": self.created,
-                "model": self.rt.model_name, "choices": choices,
-                "usage": self._usage(prompt_tokens, completion),
-                "steering": self._steering_obj(scores, fired)}
+        choices = [self.flavor.choice(i, "".join(texts.get(i, [])), finish[i])
+                   for i in range(len(self.prompts) * self.n)]
+        return self.flavor.response(
+            id=self.id, object=self.flavor.object, created=self.created,
+            model=self.rt.model_name, choices=choices, usage=Usage.of(prompt_tokens, completion),
+            steering=self._steering_obj(scores, fired))
 
     # ------------------------------------------------------------------ streaming
-    def _chunk(self, choices: list[dict], **extra: Any) -> str:
-        obj = {"id": self.id, "object": self.kind + ".chunk" if self.kind == "chat.completion"
-               else self.kind, "created": self.created, "model": self.rt.model_name,
-               "choices": choices, **extra}
+    def _chunk(self, choices: list[BaseModel], **extra: Any) -> str:
+        chunk = CompletionChunk(id=self.id, object=self.flavor.chunk_object,
+                                created=self.created, model=self.rt.model_name,
+                                choices=choices, **extra)
         if self.req.stream_options and self.req.stream_options.include_usage \
-                and "usage" not in obj:
-            obj["usage"] = None
-        return f"data: {json.dumps(obj, allow_nan=False)}\n\n"
-
-    def _delta(self, i: int, text: str | None, finish: str | None = None,
-               first: bool = False) -> dict:
-        if self.kind == "chat.completion":
-            delta: dict[str, Any] = {}
-            if first:
-                delta["role"] = "assistant"
-            if text is not None:
-                delta["content"] = text
-            return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+                and "usage" not in extra:
+            chunk.usage = None  # set (to null), so that it is sent
+        body = chunk.model_dump(exclude_unset=True)
+        return f"data: {json.dumps(body, allow_nan=False)}\n\n"
 
     async def _stream(self, request: Request) -> AsyncIterator[str]:
         completion = 0
@@ -244,23 +201,19 @@ class Generation:
                     scores[p], fired[p] = ev["score"], ev["fired"]
                     prompt_tokens += ev["prompt_tokens"]
                     steering = self._steering_obj({p: ev["score"]}, {p: ev["fired"]})
-                    first = []
-                    for k in range(self.n):
-                        i = self._choice_index(p, k)
-                        echo = self.echo[p] if self.echo is not None else None
-                        first.append(self._delta(i, "" if self.kind == "chat.completion"
-                                                 else (echo or ""), first=True))
+                    first = [self.flavor.opening(self._choice_index(p, k), p)
+                             for k in range(self.n)]
                     yield self._chunk(first, steering=steering)
                 elif t == "text":
-                    yield self._chunk([self._delta(self._choice_index(p, ev["index"]),
+                    yield self._chunk([self.flavor.delta(self._choice_index(p, ev["index"]),
                                                    ev["text"])])
                 elif t == "finish":
                     completion += ev["tokens"]
-                    yield self._chunk([self._delta(self._choice_index(p, ev["index"]), None,
+                    yield self._chunk([self.flavor.delta(self._choice_index(p, ev["index"]), None,
                                                    finish=ev["reason"])])
             else:
                 if self.req.stream_options and self.req.stream_options.include_usage:
-                    yield self._chunk([], usage=self._usage(prompt_tokens, completion),
+                    yield self._chunk([], usage=Usage.of(prompt_tokens, completion),
                                       steering=self._steering_obj(scores, fired))
             yield "data: [DONE]\n\n"
         finally:

@@ -1,0 +1,50 @@
+"""``/v1/moderations``: the gate of a vector, the model run only up to its block."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, Sequence
+
+from lasa_steer.capture import gate_scores
+
+from ..errors import APIError
+from ..protocol import ModerationRequest, ModerationResponse, ModerationResult
+from ..runtime import Runtime
+
+
+def score_texts(model: Any, tok: Any, vector: Any, texts: Sequence[str]
+                ) -> list[ModerationResult]:
+    """One result per text, from :func:`lasa_steer.capture.gate_scores` (THE gate decision)."""
+    scores, flagged = gate_scores(model, tok, vector, list(texts))
+    thr = vector.gate.threshold
+    return [ModerationResult(flagged=bool(f), categories={"harmful": bool(f)},
+                             category_scores={"harmful": float(s)}, score=float(s),
+                             threshold=thr) for s, f in zip(scores.tolist(), flagged.tolist())]
+
+
+async def moderate(rt: Runtime, req: ModerationRequest) -> ModerationResponse:
+    """Validate the request, score its texts on the model worker, count the metrics."""
+    inputs = [req.input] if isinstance(req.input, str) else list(req.input)
+    if not inputs:
+        raise APIError(400, "input: give at least one text", param="input")
+    if len(inputs) > rt.config.max_moderation_inputs:
+        raise APIError(400, f"input: at most {rt.config.max_moderation_inputs} texts per "
+                       "request", param="input")
+    name = req.model if req.model and req.model != rt.model_name else rt.default_vector
+    vector = rt.vectors.get(name) if name else None
+    if vector is None:
+        raise APIError(404, f"model {req.model!r}: no such model or vector (moderation "
+                       f"uses a vector's gate; vectors: {rt.vectors.names()})",
+                       param="model", code="model_not_found")
+    if vector.gate is None:
+        raise APIError(400, f"vector {name!r} has no gate", param="model")
+    for i, text in enumerate(inputs):
+        n = len(rt.tok(text, add_special_tokens=False)["input_ids"])
+        if n + 64 > rt.context:
+            raise APIError(400, f"input[{i}]: {n} tokens exceed the context window of "
+                           f"{rt.context} tokens", param="input", code="context_length_exceeded")
+    fut = rt.scheduler.call(lambda: score_texts(rt.model, rt.tok, vector, inputs))
+    results = await asyncio.wrap_future(fut)
+    rt.metrics.gate_scored(len(results), sum(r.flagged for r in results))
+    return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=name, results=results)

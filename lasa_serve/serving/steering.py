@@ -1,0 +1,48 @@
+"""A request's ``steering`` field resolved against the server's defaults."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from lasa_steer import RowSteering, SteeringConfigError
+from lasa_steer.steering.rows import OFF
+
+from ..errors import APIError
+from ..protocol import Steering, SteeringResult
+from ..runtime import Runtime
+
+
+def resolve_steering(rt: Runtime, s: Optional[Steering]
+                     ) -> tuple[RowSteering, SteeringResult, bool]:
+    """The row settings, the response's ``steering`` object (without gate results) and
+    whether the action is 'prefix'."""
+    s = s or Steering()
+    c = rt.config
+    mode = s.mode or c.default_mode
+    name = s.vector or rt.default_vector
+    vector = None
+    if s.vector is not None or (mode != "off" and name is not None):
+        vector = rt.vectors.get(name) if name else None
+        if vector is None:
+            raise APIError(404, f"steering.vector {name!r}: no such vector; loaded: "
+                           f"{rt.vectors.names()}", param="steering.vector",
+                           code="vector_not_found")
+    if vector is None or mode == "off":
+        return OFF, SteeringResult(vector=name if vector is not None else None, mode="off",
+                                   action=None, strength=0.0), False
+    action = s.action or c.default_action or vector.default_action
+    if action == "prefix":
+        if mode == "gate" and vector.gate is None:
+            raise APIError(400, f"steering.mode 'gate': vector {name!r} has no gate",
+                           param="steering.mode")
+        return (RowSteering(vector=vector, mode=mode, strength=0.0),
+                SteeringResult(vector=name, mode=mode, action="prefix", strength=None), True)
+    strength = s.strength if s.strength is not None else (
+        c.default_strength if action == vector.default_action else None)
+    try:
+        row = RowSteering(vector=vector, strength=strength, mode=mode, action=action,
+                          direction=s.direction).resolved()
+    except SteeringConfigError as exc:
+        raise APIError(400, f"steering: {exc}", param="steering") from exc
+    return row, SteeringResult(vector=name, mode=mode, action=action, direction=row.direction,
+                               strength=row.strength), False
