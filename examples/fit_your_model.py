@@ -58,7 +58,7 @@ def main() -> None:
 
     model, tok = load_model(args.model, dtype="float32")
     config = FitConfig(strengths=(2.0, 4.0, 8.0), contrastive_per_language=4)
-    result = fit(model, tok, train, val, config, model_name=args.model,
+    result = fit(model, tok, train, val, config,
                  data_info={"train": args.data, "val": args.val or "20% of train"})
     out = result.vector.save(args.out)
     report = write_report(result, Path(args.out).with_suffix(""))

@@ -170,16 +170,17 @@ class _Completion(BaseModel):
     model: str
 
 
-class ChatCompletionResponse(_Completion):
+class _Reply(_Completion):
+    usage: Usage
+    steering: SteeringResult
+
+
+class ChatCompletionResponse(_Reply):
     choices: list[ChatChoice]
-    usage: Usage
-    steering: SteeringResult
 
 
-class CompletionResponse(_Completion):
+class CompletionResponse(_Reply):
     choices: list[TextChoice]
-    usage: Usage
-    steering: SteeringResult
 
 
 class CompletionChunk(_Completion):

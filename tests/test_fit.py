@@ -210,7 +210,7 @@ def test_end_to_end_fit_tiny_model(tmp_path):
                     calib_harmful_per_language=1, calib_harmless_per_language=1,
                     max_new_tokens=3, progress=False, fpr=0.1)
     judge = lambda text, lang: text.startswith("a")  # noqa: E731
-    res = fit(model, tok, train, val, cfg, model_name="tiny", judge=judge)
+    res = fit(model, tok, train, val, cfg, judge=judge)
     vec = res.vector
     assert vec.gate is not None and vec.gate.layer in (0, 1, 2)
     assert abs(float(vec.gate.direction.norm()) - 1.0) < 1e-5
@@ -231,7 +231,7 @@ def test_end_to_end_fit_tiny_model(tmp_path):
     assert [p.name for p in files] == ["v.fit.json", "v.fit.md", "v.fit.png"]
     assert "| chosen (" in files[1].read_text()
     # deterministic with a seed
-    res2 = fit(model, tok, train, val, cfg, model_name="tiny", judge=judge)
+    res2 = fit(model, tok, train, val, cfg, judge=judge)
     assert torch.equal(res2.vector.gate.direction, vec.gate.direction)
     assert res2.vector.gate.threshold == vec.gate.threshold
 
@@ -248,7 +248,7 @@ def test_fit_splices_search_subset_and_rest_in_train_order(tmp_path):
     cfg = FitConfig(layer=1, strengths=(1.0,), contrastive_per_language=2, silhouette_groups=5,
                     calib_harmful_per_language=1, calib_harmless_per_language=1,
                     max_new_tokens=2, progress=False, capture_dtype="model", gate_shrinkage=())
-    res = fit(model, tok, train, val, cfg, model_name="tiny",
+    res = fit(model, tok, train, val, cfg,
               judge=lambda text, lang: False)
     cap = res.report["capture"]
     assert cap["search_rows"] == 30 and cap["rest_rows"] == len(train) - 30

@@ -28,6 +28,7 @@ Point = tuple[str, int]  # (site, 0-based block index): where a hook reads or wr
 HARMFUL, HARMLESS = 1, 0
 HARMFUL_KIND: Kind = "harmful"
 HARMLESS_KIND: Kind = "harmless"
+KINDS: dict[int, Kind] = {HARMFUL: HARMFUL_KIND, HARMLESS: HARMLESS_KIND}
 
 
 def point_order(point: Point) -> tuple[int, int]:

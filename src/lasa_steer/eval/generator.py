@@ -27,14 +27,9 @@ from .cache import digest, tensor_digest
 
 
 @dataclass(frozen=True)
-class Decoding:
+class Decoding(Sampling):
     """Generation and steering settings; all of them are part of the cache key."""
 
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
     strength: float | None = None
     mode: str = "gate"
     action: str | None = None
@@ -81,12 +76,8 @@ class HFGenerator:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, vector: SteeringVector,
                  decoding: Decoding = Decoding(), reuse_unfired: bool = True,
                  batch_size: int = 16):
-        self.model = model
-        self.reuse_unfired = reuse_unfired
-        self.batch_size = batch_size
-        self.tok = tokenizer
-        self.vector = vector
-        self.decoding = decoding
+        self.model, self.tok, self.vector, self.decoding = model, tokenizer, vector, decoding
+        self.reuse_unfired, self.batch_size = reuse_unfired, batch_size
         self._model_fp = model_fingerprint(model)
         self._vector_fp = vector_fingerprint(vector)
 
@@ -109,16 +100,15 @@ class HFGenerator:
 
     def generate(self, prompts: Sequence[str], steered: bool) -> list[Generation]:
         d = self.decoding
-        sampling = Sampling(d.max_new_tokens, d.do_sample, d.temperature, d.top_p, d.seed)
         fired: list[bool | None] = [None] * len(prompts)
         scores: list[float | None] = [None] * len(prompts)
         if steered:
             with steer(self.model, self.vector, strength=d.strength, mode=d.mode,
                        action=d.action) as handle:
-                texts = generate_batch(self.model, self.tok, prompts, sampling, d.chat)
+                texts = generate_batch(self.model, self.tok, prompts, d, d.chat)
                 if handle.fired is not None and handle.scores is not None:
                     fired = [bool(x) for x in handle.fired.tolist()]
                     scores = [None if x != x else float(x) for x in handle.scores.tolist()]
         else:
-            texts = generate_batch(self.model, self.tok, prompts, sampling, d.chat)
+            texts = generate_batch(self.model, self.tok, prompts, d, d.chat)
         return [Generation(t.strip(), f, s) for t, f, s in zip(texts, fired, scores)]

@@ -21,7 +21,9 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import FitConfigError
 from .directions import auroc, harm_direction
+from .sampling import aligned_groups
 
 DEFAULT_BAND = (0.3, 0.8)
 
@@ -137,10 +139,6 @@ class LayerReport:
         d["band"] = list(self.band)
         return d
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "LayerReport":
-        return cls(**{**data, "band": tuple(data["band"])})
-
     def save(self, json_path: str | Path, png_path: str | Path | None = None) -> None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
@@ -170,6 +168,26 @@ def analyze_states(states: dict[int, torch.Tensor], meaning: Sequence[Any],
                        data=dict(info.pop("data", {})), sil_meaning=sm, sil_language=sl,
                        sil_diff=diff, transfer_auroc=tr, transfer_per_language=trl, band=band,
                        chosen=chosen, raw_argmax=raw, extra=info)
+
+
+def bottleneck_of(states: dict[int, torch.Tensor], train: Sequence[Any],
+                  band: tuple[float, float], silhouette_groups: int, seed: int,
+                  name: str) -> LayerReport:
+    """Silhouettes on the aligned harmful rows (a seeded subset of groups present in at
+    least two languages), transfer AUROC on all rows."""
+    groups, multi = aligned_groups(train, seed)
+    rows = [r for g in sorted(multi[:silhouette_groups]) for r in groups[g]]
+    if len(multi) < 2 or len({train[r].lang for r in rows}) < 2:
+        raise FitConfigError("choosing the bottleneck needs harmful prompts aligned across at "
+                             "least two languages (Example.group); pass layer= instead")
+    idx = torch.tensor(rows)
+    sub = {i: s[idx] for i, s in states.items()}
+    return analyze_states(sub, [train[r].group for r in rows], [train[r].lang for r in rows],
+                          states, [e.label for e in train], [e.lang for e in train], band,
+                          model=name, chat=True,
+                          data={"silhouette_rows": len(rows), "silhouette_groups":
+                                min(len(multi), silhouette_groups),
+                                "transfer_rows": len(train)})
 
 
 def analyze_layers(model: torch.nn.Module, tokenizer: Any, parallel: Any,

@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from tqdm.auto import tqdm
+
 from ..errors import FitConfigError
+from ..generate import generate
 from ..prompts import format_prompts
+from ..steering.api import steer
 from ..tensors import position_ids
+from ..types import HARMFUL, HARMLESS
+from ..vector.file import SteeringVector
+from .data import Example
+from .sampling import by_lang
+
+Judge = Callable[[str, str], bool]  # (reply, language) -> refused
 
 
 def threshold_for_fpr(neg_scores: torch.Tensor, fpr: float = 0.02) -> float:
@@ -91,3 +101,58 @@ def choose_trial(trials: Sequence[StrengthTrial], max_harmless_kl: float = 1.0,
     best = max(t.harmful_refusal for t in ok)
     near = [t for t in ok if t.harmful_refusal >= best - slack]
     return min(near, key=lambda t: (t.strength, t.harmless_kl))
+
+
+def strength_trials(model: nn.Module, tok: Any, vector: SteeringVector, val: Sequence[Example],
+                    cfg: Any, judge: Judge, layers: list[int]
+                    ) -> tuple[list[StrengthTrial], dict[str, Any]]:
+    """Greedy replies unsteered and, for every candidate direction and strength, steered
+    in ``mode='always'``: refusal rates, first-token KL and agreement on harmless prompts."""
+    harmful = by_lang(val, HARMFUL, cfg.calib_harmful_per_language, cfg.seed)
+    harmless = by_lang(val, HARMLESS, cfg.calib_harmless_per_language, cfg.seed)
+    h_txt, s_txt = [e.text for e in harmful], [e.text for e in harmless]
+    gen = lambda prompts: generate(model, tok, prompts, cfg.max_new_tokens, cfg.batch_size)  # noqa: E731
+    base_h, base_s = gen(h_txt), gen(s_txt)
+    base_lp = next_token_logprobs(model, tok, s_txt, cfg.batch_size)
+    refuse = lambda outs, exs: sum(judge(o, e.lang) for o, e in zip(outs, exs)) / max(1, len(exs))  # noqa: E731
+    baseline = {"harmful_refusal": refuse(base_h, harmful),
+                "harmless_refusal": refuse(base_s, harmless),
+                "harmful_prompts": len(harmful), "harmless_prompts": len(harmless),
+                "samples": base_h[:2]}
+    trials = []
+    grid = [(d, s) for d in ("refusal_diffmean", "refusal_contrastive") for s in cfg.strengths]
+    bar = tqdm(grid, desc="fit: strength calibration", disable=not cfg.progress)
+    for dname, strength in bar:
+        with steer(model, vector, strength=strength, mode="always", direction=dname,
+                   layers=layers):
+            out_h, out_s = gen(h_txt), gen(s_txt)
+            lp = next_token_logprobs(model, tok, s_txt, cfg.batch_size)
+        agree = sum(a.strip() == b.strip() for a, b in zip(out_s, base_s)) / max(1, len(out_s))
+        trials.append(StrengthTrial(dname, float(strength), refuse(out_h, harmful),
+                                    refuse(out_s, harmless), float(kl(base_lp, lp).mean()),
+                                    agree, out_h[:2]))
+    return trials, baseline
+
+
+def gated_check(model: nn.Module, tok: Any, vector: SteeringVector, val: Sequence[Example],
+                cfg: Any, judge: Judge) -> dict[str, Any]:
+    """The chosen setting in gate mode, as deployed: refusal on harmful, closeness on
+    harmless (greedy agreement with the unsteered replies, first-token KL)."""
+    harmful = by_lang(val, HARMFUL, cfg.calib_harmful_per_language, cfg.seed)
+    harmless = by_lang(val, HARMLESS, cfg.calib_harmless_per_language * 2, cfg.seed + 1)
+    s_txt = [e.text for e in harmless]
+    base_s = generate(model, tok, s_txt, cfg.max_new_tokens, cfg.batch_size)
+    base_lp = next_token_logprobs(model, tok, s_txt, cfg.batch_size)
+    with steer(model, vector, mode="gate"):
+        out_h = generate(model, tok, [e.text for e in harmful], cfg.max_new_tokens,
+                         cfg.batch_size)
+        out_s = generate(model, tok, s_txt, cfg.max_new_tokens, cfg.batch_size)
+        lp = next_token_logprobs(model, tok, s_txt, cfg.batch_size)
+    return {
+        "harmful_refusal": sum(judge(o, e.lang) for o, e in zip(out_h, harmful)) / len(harmful),
+        "harmless_refusal": sum(judge(o, e.lang) for o, e in zip(out_s, harmless)) / len(harmless),
+        "harmless_agreement": sum(a == b for a, b in zip(out_s, base_s)) / len(harmless),
+        "harmless_kl": float(kl(base_lp, lp).mean()),
+        "harmful_prompts": len(harmful), "harmless_prompts": len(harmless),
+        "samples": {"harmful": out_h[:3], "harmless": out_s[:2]},
+    }

@@ -17,10 +17,14 @@ prompts. The fit scores both on validation data and keeps the better (recorded).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from ..errors import FitConfigError
+from ..types import HARMFUL, HARMLESS
 
 
 def diff_of_means(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -112,7 +116,7 @@ def harm_direction(states: torch.Tensor, labels: Sequence[int], langs: Sequence[
     """Language-balanced, language-subspace-free harmful-minus-harmless direction."""
     diffs = per_language_diffs(states, labels, langs)
     if not diffs:
-        raise ValueError("no language has both harmful and harmless examples")
+        raise FitConfigError("data: no language has both harmful and harmless examples")
     units = torch.stack([_unit(d) for d in diffs.values()])
     raw = _unit(units.mean(0))
     basis = language_subspace(states, langs, labels, energy=energy) if remove_language \
@@ -171,3 +175,20 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
         i = j + 1
     u = ranks[: len(p)].sum() - len(p) * (len(p) + 1) / 2
     return float(u / (len(p) * len(n)))
+
+
+def auroc_row(scores: torch.Tensor, labels: torch.Tensor, langs: Sequence[str]
+               ) -> dict[str, float]:
+    """AUROC of ``scores`` per language and over all rows (``all``)."""
+    row = {}
+    for lang in sorted(set(langs)):
+        m = torch.tensor([x == lang for x in langs])
+        row[lang] = auroc(scores[m & (labels == HARMFUL)], scores[m & (labels == HARMLESS)])
+    row["all"] = auroc(scores[labels == HARMFUL], scores[labels == HARMLESS])
+    return row
+
+
+def lang_mean(row: dict[str, float]) -> float:
+    """Mean of the finite per-language AUROCs of a row."""
+    vals = [v for k, v in row.items() if k not in ("all", "layer") and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else float("nan")

@@ -114,11 +114,13 @@ class SteeringVector:
         def bad(msg: str) -> VectorFileError:
             return VectorFileError(f"{source}: {msg}")
 
+        def one_of(name: str, value: object, choices: tuple[str, ...]) -> None:
+            if value not in choices:
+                raise bad(f"{name} {value!r} is not one of {choices}")
+
         h, n = self.model.hidden_size, self.model.num_layers
-        if self.site not in SITES:
-            raise bad(f"site {self.site!r} is not one of {SITES}")
-        if self.default_action not in ACTIONS:
-            raise bad(f"default_action {self.default_action!r} is not one of {ACTIONS}")
+        one_of("site", self.site, SITES)
+        one_of("default_action", self.default_action, ACTIONS)
         if not math.isfinite(self.default_strength):
             raise bad("default_strength is not finite")
         if not self.directions and self.gate is None:
@@ -144,10 +146,8 @@ class SteeringVector:
             g = self.gate
             if not 0 <= g.layer < n:
                 raise bad(f"gate.layer {g.layer} outside 0..{n - 1}")
-            if g.site not in SITES:
-                raise bad(f"gate.site {g.site!r} is not one of {SITES}")
-            if g.pooling not in POOLINGS:
-                raise bad(f"gate.pooling {g.pooling!r} is not one of {POOLINGS}")
+            one_of("gate.site", g.site, SITES)
+            one_of("gate.pooling", g.pooling, POOLINGS)
             if not math.isfinite(g.threshold):
                 raise bad("gate.threshold is not finite")
             tensors.append(("gate.direction", g.direction))
