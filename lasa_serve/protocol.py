@@ -137,18 +137,18 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
+class _Choice(BaseModel):
     index: int
+    logprobs: None = None
+    finish_reason: Optional[str] = None  # set on a choice's last chunk / in a response
+
+
+class ChatChoice(_Choice):
     message: AssistantMessage
-    logprobs: None = None
-    finish_reason: str
 
 
-class TextChoice(BaseModel):
-    index: int
+class TextChoice(_Choice):
     text: str
-    logprobs: None = None
-    finish_reason: Optional[str] = None
 
 
 class ChatDelta(BaseModel):
@@ -156,11 +156,8 @@ class ChatDelta(BaseModel):
     content: Optional[str] = None
 
 
-class ChatChunkChoice(BaseModel):
-    index: int
+class ChatChunkChoice(_Choice):
     delta: ChatDelta
-    logprobs: None = None
-    finish_reason: Optional[str] = None
 
 
 class _Completion(BaseModel):

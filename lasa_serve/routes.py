@@ -32,6 +32,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(rt: Runtime) -> FastAPI:
+    """The app: error handlers, the guard middleware and every route."""
     app = FastAPI(title="lasa-steer", version="0.1.0",
                   description="OpenAI-compatible server with language-agnostic safety steering")
     app.state.runtime = rt
@@ -41,8 +42,13 @@ def create_app(rt: Runtime) -> FastAPI:
     app.add_exception_handler(Exception, errors.unexpected_handler)
     app.add_middleware(GuardMiddleware, runtime=rt)
     _document_model_enum(app, rt)
+    _info_routes(app, rt)
+    _vector_routes(app, rt)
+    _api_routes(app, rt)
+    return app
 
-    # ----------------------------------------------------------------- plain endpoints
+
+def _info_routes(app: FastAPI, rt: Runtime) -> None:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": rt.model_name, "default_vector": rt.default_vector,
@@ -62,7 +68,8 @@ def create_app(rt: Runtime) -> FastAPI:
         _check_model(rt, model_id)
         return _model_card(rt)
 
-    # ----------------------------------------------------------------- steering vectors
+
+def _vector_routes(app: FastAPI, rt: Runtime) -> None:
     @app.get("/v1/steering/vectors", responses=ERRORS)
     async def vectors() -> dict[str, Any]:
         data = [{**rt.vectors.describe(n), "default": n == rt.default_vector}
@@ -88,7 +95,8 @@ def create_app(rt: Runtime) -> FastAPI:
         return {**rt.vectors.describe(name), "default": name == rt.default_vector,
                 "status": "loaded"}
 
-    # ----------------------------------------------------------------- moderation
+
+def _api_routes(app: FastAPI, rt: Runtime) -> None:
     @app.post("/v1/moderations", responses=ERRORS)
     async def moderations(req: ModerationRequest) -> ModerationResponse:
         return await moderate(rt, req)
@@ -107,8 +115,6 @@ def create_app(rt: Runtime) -> FastAPI:
         all_ids, texts = completion_prompts(rt, req)
         flavor = TextFlavor(texts if req.echo else None, req.n or 1)
         return await Generation(rt, req, all_ids, req.max_tokens, flavor).respond(request)
-
-    return app
 
 
 # --------------------------------------------------------------------- helpers

@@ -7,33 +7,33 @@ import logging
 import time
 from pathlib import Path
 
-from ..fit.bottleneck import DEFAULT_BAND
+from .common import add_model_and_data, comma_list
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit a vector file (gate + refusal directions) for a model")
-    p.add_argument("model", help="model name, folder, hub id or .gguf file")
+    add_model_and_data(p)
     p.add_argument("--data", default="polyrefuse",
                    help="'polyrefuse' (the shared PolyRefuse folder; train split for fitting, "
                         "val split for calibration) or a JSONL/CSV with text,label,lang")
     p.add_argument("--val", help="validation JSONL/CSV (default: a seeded 20%% of --data, or "
                                  "the PolyRefuse val split)")
-    p.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
     p.add_argument("--langs", help="comma-separated language codes (default: all)")
     p.add_argument("--limit", type=int, help="PolyRefuse rows per language and label (train)")
     p.add_argument("--val-limit", type=int, help="PolyRefuse val rows per language and label")
     p.add_argument("-o", "--out", required=True, help="output vector file (.safetensors)")
     p.add_argument("--report", help="report path stem (default: next to --out, '<out>.fit')")
     p.add_argument("--layer", type=int, help="bottleneck block (default: choose it)")
-    p.add_argument("--band", default=f"{DEFAULT_BAND[0]},{DEFAULT_BAND[1]}",
-                   help="depth band for the bottleneck, as fractions (default %(default)s)")
-    p.add_argument("--refusal-layers", help="comma-separated blocks for the refusal direction")
-    p.add_argument("--steer-layers", help="comma-separated blocks steered by default "
-                                          "(default: the first block after the bottleneck)")
+    p.add_argument("--refusal-layers", type=comma_list(int, "block indices"),
+                   help="comma-separated blocks for the refusal direction")
+    p.add_argument("--steer-layers", type=comma_list(int, "block indices"),
+                   help="comma-separated blocks steered by default "
+                        "(default: the first block after the bottleneck)")
     p.add_argument("--fpr", type=float, default=0.02, help="gate target FPR (default 0.02)")
-    p.add_argument("--strengths", default="3,4,5", help="strength grid to calibrate")
+    p.add_argument("--strengths", type=comma_list(float, "numbers"), default=[3.0, 4.0, 5.0],
+                   help="strength grid to calibrate (default 3,4,5)")
     p.add_argument("--contrastive-per-language", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -76,13 +76,9 @@ def run(args: argparse.Namespace) -> int:
             train, val = split_examples(train, 0.2, args.seed)
             info = {"train": f"{args.data} (80%)", "val": f"{args.data} (seeded 20%)"}
     model, tok = load_model(args.model, dtype=args.dtype)
-    band = tuple(float(x) for x in args.band.split(","))
-    cfg = FitConfig(layer=args.layer, band=band,  # type: ignore[arg-type]
-                    refusal_layers=[int(x) for x in args.refusal_layers.split(",")]
-                    if args.refusal_layers else None,
-                    steer_layers=[int(x) for x in args.steer_layers.split(",")]
-                    if args.steer_layers else None,
-                    fpr=args.fpr, strengths=tuple(float(x) for x in args.strengths.split(",")),
+    cfg = FitConfig(layer=args.layer, band=args.band, refusal_layers=args.refusal_layers or None,
+                    steer_layers=args.steer_layers or None, fpr=args.fpr,
+                    strengths=tuple(args.strengths),
                     contrastive_per_language=args.contrastive_per_language,
                     capture_dtype=args.capture_dtype, batch_size=args.batch_size,
                     seed=args.seed, progress=not args.no_progress)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..fit.bottleneck import DEFAULT_BAND
+from .common import add_model_and_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("layers", help="find the semantic bottleneck of a model")
-    p.add_argument("model", help="model name, folder, hub id or .gguf file")
+    add_model_and_data(p, band_help="depth band to choose the bottleneck in (default 0.3,0.8)")
     p.add_argument("--parallel", default="ntrex",
                    help="comma-separated parallel text sets: ntrex, nusax, multijail or CSV "
                         "paths; rows of each set are grouped by meaning (default ntrex)")
@@ -24,8 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="PolyRefuse rows per language and label (default 24)")
     p.add_argument("--chat", action="store_true",
                    help="wrap parallel sentences in the chat template (default: raw text)")
-    p.add_argument("--band", default=f"{DEFAULT_BAND[0]},{DEFAULT_BAND[1]}")
-    p.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
     p.add_argument("-o", "--out", default="layers",
                    help="output path stem: writes STEM.json and STEM.png (default 'layers')")
     p.add_argument("--batch-size", type=int, default=16)
@@ -59,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.harm != "none":
         harm = load_labelled(args.harm)
     model, tok = load_model(args.model, dtype="float32")
-    band = tuple(float(x) for x in args.band.split(","))
-    report = analyze_layers(model, tok, [p for _, p in sets], harm, chat=args.chat, band=band,  # type: ignore[arg-type]
+    report = analyze_layers(model, tok, [p for _, p in sets], harm, chat=args.chat, band=args.band,
                             batch_size=args.batch_size, progress=not args.no_progress,
                             model_name=Path(args.model).stem if args.model.endswith(".gguf")
                             else args.model)

@@ -42,7 +42,8 @@ from .candidates import clamp_targets, gate_candidates, refusal_candidates, refu
 from .data import Example
 from .directions import auroc_row, harm_direction, lang_mean
 from .precision import capture_model
-from .report import FitReport, gate_section, provenance, summary, write_report
+from .report import (FitReport, gate_section, provenance, refusal_section, summary,
+                     write_report)
 from .sampling import by_lang, check_labels, label_counts, search_rows
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,9 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
     check_labels(val, "validation")
     grab = Captures(model, tokenizer, cfg)
     n = grab.lm.num_layers
+    if cfg.layer is not None and not 0 <= cfg.layer < n - 1:
+        raise FitConfigError(f"layer={cfg.layer}: must be in 0..{n - 2} (blocks after it are "
+                             "steered)")
     ident = ModelIdentity.of(model, grab.lm)
     search = search_rows(train, cfg.silhouette_groups, cfg.seed)
     sub = [train[i] for i in search]
@@ -169,12 +173,7 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
         model=ident.name, num_layers=n, hidden_size=grab.lm.hidden_size, bottleneck=bottleneck,
         bottleneck_rule=layer_report.rule if layer_report else "given by the user",
         gate=gate_section(gate_fit, hd, cfg.fpr), auroc=table,
-        refusal={"layers": steer_layers, "candidate_layers": rlayers,
-                 "chosen": best.direction, "strength": best.strength,
-                 "refusal_prefixes": list(cfg.refusal_prefixes),
-                 "compliance_prefixes": list(cfg.compliance_prefixes),
-                 "baseline": baseline, "trials": [t.as_dict() for t in trials],
-                 "gated": gated},
+        refusal=refusal_section(steer_layers, rlayers, best, cfg, baseline, trials, gated),
         counts=counts,
         capture={"dtype": grab.dtype, "search_rows": len(search),
                  "rest_rows": len(train) - len(search),
@@ -200,9 +199,6 @@ def _choose_layer(sub_states: dict[int, torch.Tensor], sub: Sequence[Example], c
                   n: int, name: str) -> tuple[int, LayerReport | None]:
     """2. The bottleneck: given (checked) or chosen from the search subset."""
     if cfg.layer is not None:
-        if not 0 <= cfg.layer < n - 1:
-            raise FitConfigError(f"layer={cfg.layer}: must be in 0..{n - 2} (blocks after it "
-                                 "are steered)")
         log.info("bottleneck block %d of %d", cfg.layer, n)
         return cfg.layer, None
     report = bottleneck_of(sub_states, sub, cfg.band, cfg.silhouette_groups, cfg.seed, name)

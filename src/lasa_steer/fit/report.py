@@ -53,6 +53,16 @@ def gate_section(g: Any, hd: Any, target_fpr: float) -> dict[str, Any]:
             "per_language": g.per_language}
 
 
+def refusal_section(steer_layers: list[int], rlayers: list[int], best: Any, cfg: Any,
+                    baseline: dict[str, Any], trials: list[Any], gated: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """The report's ``refusal`` section: the chosen direction and strength, and the trials."""
+    return {"layers": steer_layers, "candidate_layers": rlayers, "chosen": best.direction,
+            "strength": best.strength, "refusal_prefixes": list(cfg.refusal_prefixes),
+            "compliance_prefixes": list(cfg.compliance_prefixes), "baseline": baseline,
+            "trials": [t.as_dict() for t in trials], "gated": gated}
+
+
 def provenance(gate_method: str, refusal: str, steer_layers: list[int], rlayers: list[int],
                langs: list[str], counts: dict[str, Any], seed: int,
                data_info: dict[str, Any] | None) -> dict[str, Any]:

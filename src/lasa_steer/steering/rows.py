@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ..errors import SteeringConfigError
-from ..types import ACTIONS, MODES, Point, point_order
+from ..types import ACTIONS, MODES, Mode, Point, point_order
 from ..vector.file import SteeringVector
 
 
@@ -30,8 +30,8 @@ class RowSteering:
 
     vector: SteeringVector | None = None
     strength: float | None = None
-    mode: str = "gate"
-    action: str | None = None
+    mode: Mode = "gate"
+    action: str | None = None  # an Action; validated in resolved()
     direction: str | None = None
     layers: tuple[int, ...] | None = None
 
