@@ -12,28 +12,28 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 
+class _CacheItem:
+    """A read/write attribute for item ``owner.i`` of the cache list ``name``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, owner: "_LegacyLayer", kind: type | None = None) -> torch.Tensor:
+        return getattr(owner.cache, self.name)[owner.i]
+
+    def __set__(self, owner: "_LegacyLayer", value: torch.Tensor) -> None:
+        getattr(owner.cache, self.name)[owner.i] = value
+
+
 class _LegacyLayer:
     """``keys``/``values`` view of one layer of an older ``DynamicCache`` (transformers 4.x
     keeps ``key_cache``/``value_cache`` lists)."""
 
+    keys = _CacheItem("key_cache")
+    values = _CacheItem("value_cache")
+
     def __init__(self, cache: DynamicCache, i: int):
         self.cache, self.i = cache, i
-
-    @property
-    def keys(self) -> torch.Tensor:
-        return self.cache.key_cache[self.i]
-
-    @keys.setter
-    def keys(self, value: torch.Tensor) -> None:
-        self.cache.key_cache[self.i] = value
-
-    @property
-    def values(self) -> torch.Tensor:
-        return self.cache.value_cache[self.i]
-
-    @values.setter
-    def values(self, value: torch.Tensor) -> None:
-        self.cache.value_cache[self.i] = value
 
 
 def _layers(cache: DynamicCache) -> list:

@@ -49,7 +49,7 @@ class Generation:
 
 
 class Generator(Protocol):
-    """What :func:`lasa_steer.evaluate.run_eval` needs: batched generation and a cache key."""
+    """What :func:`lasa_steer.eval.run.run_eval` needs: batched generation and a cache key."""
 
     def key(self, prompt: str, steered: bool) -> str: ...
 

@@ -195,7 +195,7 @@ def analyze_layers(model: torch.nn.Module, tokenizer: Any, parallel: Any,
                    band: tuple[float, float] = DEFAULT_BAND, batch_size: int = 16,
                    progress: bool = True, model_name: str = "") -> LayerReport:
     """Capture last-token states at every block for parallel text (one or several
-    :class:`~lasa_steer.data.Parallel` sets) and optional labelled harm examples, then
+    :class:`~lasa_steer.fit.data.Parallel` sets) and optional labelled harm examples, then
     :func:`analyze_states`."""
     from ..capture import capture
     from ..model.layers import find_layers

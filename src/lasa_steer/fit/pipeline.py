@@ -5,11 +5,11 @@ Pipeline (each step's figures go into the report and the vector's metadata):
 1. capture last-prompt-token states (chat template applied), batched: a seeded search
    subset (``silhouette_groups`` aligned harmful rows in every language, as many harmless
    rows per language) at every block, the other rows only up to the deepest block needed;
-2. choose the bottleneck (:mod:`lasa_steer.bottleneck`) from the search subset: meaning vs
+2. choose the bottleneck (:mod:`lasa_steer.fit.bottleneck`) from the search subset: meaning vs
    language silhouettes of the aligned harmful rows, leave-one-language-out transfer AUROC;
 3. gate direction there: per-language unit difference of means, averaged, language-centroid
-   subspace projected out (:func:`lasa_steer.directions.harm_direction`), and its
-   Fisher-whitened variants (:func:`lasa_steer.directions.whitened_direction`); the one with
+   subspace projected out (:func:`lasa_steer.fit.directions.harm_direction`), and its
+   Fisher-whitened variants (:func:`lasa_steer.fit.directions.whitened_direction`); the one with
    the best mean per-language validation AUROC is kept;
 4. refusal direction at the blocks after the bottleneck, two candidates: the difference of
    means at the post-instruction position, and contrastive completions (the same harmful
