@@ -33,7 +33,7 @@ from ..errors import FitConfigError
 from ..eval.judges.pattern import is_refusal
 from ..model.identity import ModelIdentity
 from ..model.layers import LayerMap, find_layers
-from ..steering.gate import decide
+from ..steering.gate import decide, score
 from ..types import HARMFUL, HARMLESS, Point
 from ..vector.file import Gate, SteeringVector
 from .bottleneck import DEFAULT_BAND, LayerReport, bottleneck_of
@@ -242,9 +242,10 @@ def _calibrate_gate(grab: Captures, val: Sequence[Example], bottleneck: int,
     vstates = grab([e.text for e in val], [point], "validation prompts", deployed=True)[point]
     labels = torch.tensor([e.label for e in val])
     langs = [e.lang for e in val]
-    rows = {name: auroc_row(vstates @ d, labels, langs) for name, d in cands.items()}
+    unset = {name: Gate(layer=bottleneck, direction=d, threshold=0.0) for name, d in cands.items()}
+    rows = {name: auroc_row(score(g, vstates), labels, langs) for name, g in unset.items()}
     method = max(rows, key=lambda k: (lang_mean(rows[k]), k == "diffmean"))
-    scores = vstates @ cands[method]
+    scores = score(unset[method], vstates)
     gate = Gate(layer=bottleneck, direction=cands[method],
                 threshold=threshold_for_fpr(scores[labels == HARMLESS], cfg.fpr))
     fired = decide(gate, vstates).fired.double()

@@ -26,10 +26,15 @@ class GateDecision:
     fired: torch.Tensor
 
 
+def score(gate: Gate, pooled: torch.Tensor) -> torch.Tensor:
+    """Float32 CPU scores ``[B]`` of pooled states ``[B, H]`` (see
+    :func:`lasa_steer.tensors.pool`, with ``gate.pooling``); the fit calibrates on these."""
+    return pooled.detach().float().cpu() @ gate.direction.detach().float().cpu()
+
+
 def decide(gate: Gate, pooled: torch.Tensor) -> GateDecision:
-    """Score pooled float32 states ``[B, H]`` (see :func:`lasa_steer.tensors.pool`, with
-    ``gate.pooling``) with ``gate``; a row fires when its score is above the threshold."""
-    scores = pooled.detach().float().cpu() @ gate.direction.detach().float().cpu()
+    """Score pooled states with ``gate``; a row fires when its score is above the threshold."""
+    scores = score(gate, pooled)
     return GateDecision(scores, scores > gate.threshold)
 
 
