@@ -223,7 +223,8 @@ def test_report_files(tiny_llama, tmp_path):
     lines = paths["completions"].read_text().splitlines()
     assert len(lines) == 4
     rec = json.loads(lines[-1])
-    assert set(rec["before"]) == {"completion", "refused", "reason", "judge_failed", "correct"}
+    assert set(rec["before"]) == {"completion", "refused", "reason", "judge_failed", "correct",
+                                 "invalid", "prefix"}
     assert rec["after"]["correct"] is False  # the tiny model's letters contain no number
     data = json.loads(paths["json"].read_text())
     assert data["meta"] == {"model": "tiny"} and len(data["rows"]) == 2
