@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 from typing import Any
 
 from .errors import body
 
+log = logging.getLogger("lasa.server")
 OPEN_PATHS = {"/health", "/metrics"}
 KNOWN_PATHS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions",
                "/v1/completions", "/v1/moderations", "/v1/steering/vectors"}
@@ -46,15 +48,23 @@ class GuardMiddleware:
             return
         start = time.monotonic()
         path = scope.get("path", "")
-        status_box = [500]
+        status_box = [500, 0]  # status, whether the response has started
 
         async def send_wrapper(message: dict) -> None:
             if message["type"] == "http.response.start":
-                status_box[0] = int(message["status"])
+                status_box[:] = [int(message["status"]), 1]
             await send(message)
 
         try:
             await self._guarded(scope, receive, send_wrapper, path)
+        except Exception as exc:
+            # Answer here rather than let Starlette's outermost handler re-raise, which makes
+            # the server drop the client's keep-alive connection along with the request.
+            if status_box[1]:
+                raise
+            log.exception("unexpected error on %s", path)
+            await self._reply(send_wrapper, 500, f"internal error: {type(exc).__name__}",
+                              "internal_error")
         finally:
             self.rt.metrics.request(_label(path), status_box[0], time.monotonic() - start)
 

@@ -10,6 +10,7 @@ from ..errors import APIError
 from ..protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionRequest,
                         ChatCompletionResponse, ChatDelta)
 from ..runtime import Runtime
+from .text import check_text
 
 
 class ChatFlavor:
@@ -50,10 +51,10 @@ def chat_prompt(rt: Runtime, req: ChatCompletionRequest) -> list[int]:
                 if part.type != "text" or part.text is None:
                     raise APIError(400, f"messages[{i}].content[{k}]: only text parts are "
                                    "supported", param=f"messages.{i}.content")
-                parts.append(part.text)
+                parts.append(check_text(part.text, f"messages.{i}.content.{k}.text"))
             content = "".join(parts)
         else:
-            content = m.content or ""
+            content = check_text(m.content or "", f"messages.{i}.content")
         role = "system" if m.role == "developer" else m.role
         messages.append({"role": role, "content": content})
     try:

@@ -7,6 +7,7 @@ from typing import Any
 from ..errors import APIError
 from ..protocol import CompletionRequest, CompletionResponse, TextChoice
 from ..runtime import Runtime
+from .text import tokenize
 
 
 class TextFlavor:
@@ -54,7 +55,7 @@ def completion_prompts(rt: Runtime, req: CompletionRequest) -> tuple[list[list[i
     all_ids, texts = [], []
     for i, item in enumerate(prompts):
         if isinstance(item, str):
-            ids = rt.tok(item, add_special_tokens=False)["input_ids"]
+            ids = tokenize(rt, item, "prompt" if len(prompts) == 1 else f"prompt.{i}")
             texts.append(item)
         else:
             if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in item):

@@ -11,6 +11,7 @@ from lasa_steer.capture import gate_scores
 from ..errors import APIError
 from ..protocol import ModerationRequest, ModerationResponse, ModerationResult
 from ..runtime import Runtime
+from .text import tokenize
 
 
 def score_texts(model: Any, tok: Any, vector: Any, texts: Sequence[str]
@@ -40,7 +41,7 @@ async def moderate(rt: Runtime, req: ModerationRequest) -> ModerationResponse:
     if vector.gate is None:
         raise APIError(400, f"vector {name!r} has no gate", param="model")
     for i, text in enumerate(inputs):
-        n = len(rt.tok(text, add_special_tokens=False)["input_ids"])
+        n = len(tokenize(rt, text, "input" if isinstance(req.input, str) else f"input.{i}"))
         if n + 64 > rt.context:
             raise APIError(400, f"input[{i}]: {n} tokens exceed the context window of "
                            f"{rt.context} tokens", param="input", code="context_length_exceeded")

@@ -1,0 +1,92 @@
+"""Hardening of the server against hostile or careless clients (issue 10): every test
+drives a live server with raw HTTP, as a fuzzer or an attacker would."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest_server import LiveServer, write_vectors  # noqa: E402
+
+pytestmark = pytest.mark.slow
+MODEL = "smollm2-135m-instruct"
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def live(smollm2, tmp_path_factory):
+    from lasa_serve.routes import create_app
+    from lasa_serve.runtime import Runtime, ServerConfig
+
+    model, tok = smollm2
+    folder = tmp_path_factory.mktemp("vectors")
+    write_vectors(folder, model, tok)
+    rt = Runtime(ServerConfig(model=MODEL, vectors=folder, default_vector="test-gate",
+                              max_model_len=512, default_max_tokens=2), model, tok)
+    try:
+        with LiveServer(create_app(rt)) as srv, httpx.Client(base_url=srv.base,
+                                                             timeout=60) as client:
+            yield client, rt, srv.port
+    finally:
+        rt.close()
+
+
+def _error(resp: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    if param is not None:
+        assert err["param"] == param, err
+    return err
+
+
+def _keepalive(port: int, method: str, path: str, body: str = "") -> tuple[int, dict]:
+    """One request written by hand (httpx cannot encode a lone surrogate), then ``GET
+    /v1/models`` on the same keep-alive connection, which must still be open."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=body.encode() or None,
+                     headers={"content-type": "application/json"})
+        first = conn.getresponse()
+        status, payload = first.status, json.loads(first.read() or b"null")
+        conn.request("GET", "/v1/models")
+        assert conn.getresponse().status == 200
+        return status, payload
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions",
+     '{"model": "%s", "messages": [{"role": "user", "content": "\\ud800 hi"}]}' % MODEL,
+     "messages.0.content"),
+    ("/v1/chat/completions", '{"model": "%s", "messages": [{"role": "user", "content": '
+     '[{"type": "text", "text": "ok"}, {"type": "text", "text": "\\udfff"}]}]}' % MODEL,
+     "messages.0.content.1.text"),
+    ("/v1/completions", '{"model": "%s", "prompt": "\\udc00x"}' % MODEL, "prompt"),
+    ("/v1/completions", '{"model": "%s", "prompt": ["ok", "\\udc00x"]}' % MODEL, "prompt.1"),
+    ("/v1/moderations", '{"input": "\\udfff"}', "input"),
+    ("/v1/moderations", '{"input": ["fine", "\\ud800"]}', "input.1"),
+], ids=["chat", "chat-part", "completion", "completion-list", "moderation", "moderation-list"])
+def test_lone_surrogate_is_a_400_and_the_connection_survives(live, path, body, param):
+    status, payload = _keepalive(live[2], "POST", path, body)
+    err = payload["error"]
+    assert status == 400 and err["param"] == param, payload
+    assert "surrogate" in err["message"] and err["code"] == "invalid_text"
+
+
+def test_unexpected_error_keeps_the_connection(live, monkeypatch):
+    """A bug answers 500 but does not take the client's keep-alive connection with it."""
+    rt = live[1]
+
+    def broken() -> dict:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(rt.scheduler, "load", broken)
+    status, payload = _keepalive(live[2], "GET", "/health")
+    assert status == 500 and payload["error"]["code"] == "internal_error"
