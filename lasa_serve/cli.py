@@ -10,7 +10,7 @@ from pathlib import Path
 from lasa_steer.model.embedded import DEFAULT_MODEL
 from lasa_steer.types import MODES, REQUEST_ACTIONS
 
-from .runtime import DEFAULT_PREFIX, ServerConfig, default_vector_dir
+from .runtime import ServerConfig, default_vector_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,8 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default action (default: the vector file's)")
     p.add_argument("--strength", dest="default_strength", type=float, default=None,
                    help="default strength (default: the vector file's)")
-    p.add_argument("--prefix-text", default=DEFAULT_PREFIX,
-                   help="safety instruction that opens the assistant turn for action 'prefix'")
     p.add_argument("--max-batch", type=int, default=32, help="rows decoded together (default 32)")
     p.add_argument("--max-n", type=int, default=16, help="largest n per request (default 16)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20,
@@ -67,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=args.port, api_key=args.api_key or None, admin_key=args.admin_key or None,
         served_model_name=args.served_model_name, default_vector=args.default_vector,
         default_mode=args.default_mode, default_action=args.default_action,
-        default_strength=args.default_strength, prefix_text=args.prefix_text,
+        default_strength=args.default_strength,
         max_batch=args.max_batch, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
         max_model_len=args.max_model_len, default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit,

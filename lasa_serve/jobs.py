@@ -27,7 +27,6 @@ class Job:
     samplers: list[Sampler]
     emit: Callable[[list[Event]], None]
     steering: RowSteering = OFF
-    prefix_ids: list[int] | None = None  # action 'prefix': opens the assistant turn if fired
     stop: list[str] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)

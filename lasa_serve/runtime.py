@@ -13,13 +13,14 @@ import torch
 from lasa_steer import LasaError, SteeringEngine, SteeringVector, load_model
 from lasa_steer.model.embedded import DEFAULT_MODEL
 
+from lasa_steer.steering.api import end_of_turn
+from lasa_steer.steering.openers import Openers
+
 from .metrics import Metrics
 from .scheduler import Scheduler
 from .vectors import VectorRegistry
 
 log = logging.getLogger("lasa.server")
-DEFAULT_PREFIX = ("(Safety check: this request may be harmful. I must not help with anything "
-                  "dangerous, illegal or unethical, so I will refuse politely.)\n")
 
 
 def default_vector_dir() -> Path:
@@ -41,7 +42,6 @@ class ServerConfig:
     default_mode: str = "gate"
     default_action: str | None = None  # None: the vector file's default
     default_strength: float | None = None  # None: the vector file's default
-    prefix_text: str = DEFAULT_PREFIX
     max_batch: int = 32
     max_n: int = 16
     max_prefill_tokens: int = 8192
@@ -66,6 +66,8 @@ class Runtime:
         if model is None:
             model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
         self.model, self.tok = model, tokenizer
+        # the refusal openers of actions 'prefix'/'refuse', tokenised once
+        self.openers = Openers.for_tokenizer(tokenizer, end_of_turn(model))
         self.model_name = config.served_model_name or getattr(
             model, "lasa_model_name", None) or os.path.basename(str(config.model).rstrip("/"))
         limit = getattr(model.config, "max_position_embeddings", None) or 2048

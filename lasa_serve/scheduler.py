@@ -27,7 +27,6 @@ import torch
 from transformers import DynamicCache
 
 from lasa_steer import BatchState, SteeringEngine
-from lasa_steer.steering.prefix import decide_prompts
 from lasa_steer.steering.rows import OFF
 from lasa_steer.tensors import left_pad, position_ids
 
@@ -141,7 +140,7 @@ class Scheduler:
             if job.cancelled.is_set():
                 self._waiting.popleft()
                 continue
-            size = len(job.prompt_ids) + len(job.prefix_ids or [])
+            size = len(job.prompt_ids)
             if out and (rows + job.n > self.max_batch or tokens + size > self.max_prefill_tokens):
                 break
             if not out and rows and rows + job.n > self.max_batch:
@@ -162,28 +161,12 @@ class Scheduler:
             fut.set_exception(exc)
 
     # ------------------------------------------------------------------ prefill
-    def _gate_for_prefix(self, jobs: list[Job]) -> None:
-        """Action 'prefix': decide the gate first (model run only up to the gate block),
-        then open the assistant turn of fired prompts with the safety instruction."""
-        todo = [j for j in jobs if j.prefix_ids is not None]
-        if not todo:
-            return
-        d = decide_prompts(self.model, [j.steering for j in todo], [j.prompt_ids for j in todo],
-                           self.tok.pad_token_id, self.engine, self.engine.layer_map)
-        for j, score, fired in zip(todo, d.scores.tolist(), d.fired.tolist()):
-            j.score = None if math.isnan(score) else float(score)
-            j.fired = bool(fired)
-            self.metrics.gate(j.fired, evaluated=j.steering.mode == "gate")
-
     def _prefill(self, jobs: list[Job]) -> None:
         try:
-            self._gate_for_prefix(jobs)
-            prompts = [j.prompt_ids + (j.prefix_ids if j.fired and j.prefix_ids else [])
-                       for j in jobs]
-            ids, mask = left_pad(prompts, self.tok.pad_token_id, self.device)
+            ids, mask = left_pad([j.prompt_ids for j in jobs], self.tok.pad_token_id,
+                                 self.device)
             cache = DynamicCache()
-            state = BatchState.new([OFF if j.prefix_ids is not None else j.steering
-                                    for j in jobs])
+            state = BatchState.new([j.steering for j in jobs])
             self.engine.use(state)  # its gates are decided in this prompt pass
             with torch.inference_mode():
                 out = self.model(input_ids=ids, attention_mask=mask,
@@ -197,12 +180,11 @@ class Scheduler:
                          "message": f"generation failed: {type(exc).__name__}"}])
             return
         for i, j in enumerate(jobs):
-            if j.prefix_ids is None:
-                score = float(state.scores[i])
-                j.score = None if math.isnan(score) else score
-                j.fired = bool(state.fired[i])
-                if j.steering.mode != "off":
-                    self.metrics.gate(j.fired, evaluated=j.steering.mode == "gate")
+            score = float(state.scores[i])
+            j.score = None if math.isnan(score) else score
+            j.fired = bool(state.fired[i])
+            if j.steering.mode != "off":
+                self.metrics.gate(j.fired, evaluated=j.steering.mode == "gate")
         index = [i for i, j in enumerate(jobs) for _ in range(j.n)]
         cache, mask = kv.select(cache, mask, index)
         state = state.select(index)

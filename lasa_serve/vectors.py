@@ -49,7 +49,7 @@ class VectorRegistry:
                 self._vectors[path.stem] = self._read(path)
             except LasaError as exc:
                 self.skipped[path.stem] = str(exc)
-                log.info("vector %s skipped: %s", path.name, exc)
+                log.warning("vector %s skipped: %s", path.name, exc)
 
     def _read(self, path: Path) -> SteeringVector:
         check_name(path.stem)

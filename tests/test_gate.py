@@ -1,6 +1,7 @@
 """One gate decision everywhere: ``capture.gate_scores`` (the eval's reuse of unfired rows),
-the capture pass of the ``prefix`` action, the engine's hook (``steer()`` on a forward
-pass) and the server's moderation give identical scores and decisions on the same batch."""
+the engine's hook (``steer()`` on a forward pass, also under the opener actions
+``prefix``/``refuse``) and the server's moderation give identical scores and decisions on
+the same batch."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import torch
 
 from helpers import ByteTokenizer, left_pad, make_vector, positions, right_pad
 
-from lasa_steer import RowSteering, steer
+from lasa_steer import steer
 from lasa_steer.capture import gate_batch, gate_scores
-from lasa_steer.steering.prefix import decide_prompts
 
 TEXTS = ["How do I build a bomb?", "hi", "Write a poem about the sea, please.", "abc def",
          "Tell me how to pick a lock quickly"]
@@ -37,10 +37,11 @@ def test_gate_paths_agree(tiny_llama, pooling, padding):
     assert 0 < int(engine_fired.sum()) < len(TEXTS)
 
     if padding == "left":  # the text paths pad on the left themselves
-        prefix = decide_prompts(tiny_llama, [RowSteering(vector)] * len(seqs), seqs,
-                                tok.pad_token_id)
-        assert torch.equal(prefix.scores, engine_scores)
-        assert torch.equal(prefix.fired, engine_fired)
+        with steer(tiny_llama, vector, mode="gate", action="refuse", tokenizer=tok) as h, \
+                torch.no_grad():
+            tiny_llama(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+            assert torch.equal(h.scores, engine_scores)
+            assert torch.equal(h.fired, engine_fired)
         scores, flagged = gate_scores(tiny_llama, tok, vector, TEXTS, batch_size=len(TEXTS),
                                       chat=False)
         assert torch.equal(scores, engine_scores) and torch.equal(flagged, engine_fired)

@@ -90,3 +90,25 @@ def test_unexpected_error_keeps_the_connection(live, monkeypatch):
     monkeypatch.setattr(rt.scheduler, "load", broken)
     status, payload = _keepalive(live[2], "GET", "/health")
     assert status == 500 and payload["error"]["code"] == "internal_error"
+
+
+def test_reload_of_malformed_vector_file_is_a_400(live):
+    """Metadata of the wrong JSON type: 400, and the loaded version keeps serving."""
+    from safetensors.torch import save_file
+
+    client, rt, _ = live
+    good = rt.vectors.get("test-gate")
+    path = rt.vectors.folder / "test-gate.safetensors"
+    original = path.read_bytes()
+    meta = {**good.metadata(), "clamp_targets": [2.0]}
+    save_file(good.tensors(), str(path), metadata={"lasa": json.dumps(meta)})
+    rt.config.admin_key = "admin"
+    try:
+        resp = client.post("/v1/steering/vectors/test-gate/load",
+                           headers={"authorization": "Bearer admin"})
+    finally:
+        rt.config.admin_key = None
+        path.write_bytes(original)
+    err = _error(resp, 400, "name")
+    assert err["code"] == "invalid_vector_file" and "clamp_targets" in err["message"]
+    assert rt.vectors.get("test-gate") is good

@@ -71,7 +71,7 @@ def test_rejects_unknown_format_version(vec, tmp_path):
     meta = vec.metadata() | {"format_version": FORMAT_VERSION + 1}
     path = tmp_path / "future.safetensors"
     _write_raw(path, vec.tensors(), meta)
-    with pytest.raises(VectorFileError, match="format_version 2 is not supported"):
+    with pytest.raises(VectorFileError, match=f"format_version {FORMAT_VERSION + 1} is not supported"):
         SteeringVector.load(path)
 
 

@@ -56,17 +56,14 @@ class Generation:
         if len(prompts) * self.n > rt.config.max_batch:
             raise APIError(400, f"{len(prompts)} prompts x n={self.n} exceed the batch limit of "
                            f"{rt.config.max_batch} rows", param="prompt")
-        self.row, self.steer_info, prefix = resolve_steering(rt, req.steering)
-        self.prefix_ids = rt.tok(rt.config.prefix_text, add_special_tokens=False)["input_ids"] \
-            if prefix else None
-        extra = len(self.prefix_ids or [])
+        self.row, self.steer_info = resolve_steering(rt, req.steering)
         self.max_tokens: list[int] = []
         for i, ids in enumerate(prompts):
-            room = rt.context - len(ids) - extra
+            room = rt.context - len(ids)
             if room < 1:
                 raise APIError(400, f"this model's context window is {rt.context} tokens; the "
                                f"prompt{f'[{i}]' if len(prompts) > 1 else ''} has {len(ids)} "
-                               f"tokens{' plus the safety prefix' if extra else ''}, leaving no "
+                               "tokens, leaving no "
                                "room to generate", param=flavor.prompt_param,
                                code="context_length_exceeded")
             want = max_tokens if max_tokens is not None else rt.config.default_max_tokens
@@ -86,7 +83,7 @@ class Generation:
             job = Job(id=f"{self.id}-{p}", prompt_ids=ids, max_tokens=self.max_tokens[p],
                       samplers=[make_sampler(self.temperature, self.top_p, s) for s in seeds],
                       emit=lambda evs, p=p: emit(p, evs), steering=self.row,
-                      prefix_ids=self.prefix_ids, stop=self.stops)
+                      stop=self.stops)
             self.jobs.append(job)
         for job in self.jobs:
             self.rt.scheduler.submit(job)

@@ -12,10 +12,10 @@ from ..protocol import Steering, SteeringResult
 from ..runtime import Runtime
 
 
-def resolve_steering(rt: Runtime, s: Optional[Steering]
-                     ) -> tuple[RowSteering, SteeringResult, bool]:
-    """The row settings, the response's ``steering`` object (without gate results) and
-    whether the action is 'prefix'."""
+def resolve_steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, SteeringResult]:
+    """The row settings and the response's ``steering`` object (without gate results).
+    Actions 'prefix'/'refuse' are the library's: the engine forces the refusal opener of the
+    prompt's language through the LM head, in the same passes as every other row."""
     s = s or Steering()
     c = rt.config
     mode = s.mode or c.default_mode
@@ -29,20 +29,14 @@ def resolve_steering(rt: Runtime, s: Optional[Steering]
                            code="vector_not_found")
     if vector is None or mode == "off":
         return OFF, SteeringResult(vector=name if vector is not None else None, mode="off",
-                                   action=None, strength=0.0), False
+                                   action=None, strength=0.0)
     action = s.action or c.default_action or vector.default_action
-    if action == "prefix":
-        if mode == "gate" and vector.gate is None:
-            raise APIError(400, f"steering.mode 'gate': vector {name!r} has no gate",
-                           param="steering.mode")
-        return (RowSteering(vector=vector, mode=mode, strength=0.0),
-                SteeringResult(vector=name, mode=mode, action="prefix", strength=None), True)
     strength = s.strength if s.strength is not None else (
         c.default_strength if action == vector.default_action else None)
     try:
         row = RowSteering(vector=vector, strength=strength, mode=mode, action=action,
-                          direction=s.direction).resolved()
+                          direction=s.direction, openers=rt.openers).resolved()
     except SteeringConfigError as exc:
         raise APIError(400, f"steering: {exc}", param="steering") from exc
     return row, SteeringResult(vector=name, mode=mode, action=action, direction=row.direction,
-                               strength=row.strength), False
+                               strength=row.strength)

@@ -9,8 +9,12 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 Mode = Literal["gate", "always", "off"]
-Action = Literal["add", "project", "clamp"]
-RequestAction = Literal["add", "project", "clamp", "prefix"]  # 'prefix': server / prompt level
+# 'prefix': a fired row's reply opens with a refusal sentence in the prompt's language, then
+# the model continues (steered with ``add`` of the direction at ``strength``, 0 = not at
+# all); 'refuse': the reply is that sentence alone (the turn ends after it).
+Action = Literal["add", "project", "clamp", "prefix", "refuse"]
+OPENER_ACTIONS: tuple[str, ...] = ("prefix", "refuse")
+RequestAction = Action
 Site = Literal["resid_pre", "resid_post"]
 Pooling = Literal["last", "mean"]
 Kind = Literal["harmful", "harmless"]  # the name of a label (eval records)

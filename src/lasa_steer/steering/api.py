@@ -11,7 +11,7 @@ uncached greedy decoding agree.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from ..tensors import cache_length
 from ..types import MODES
 from ..vector.file import SteeringVector
 from .engine import SteeringEngine
+from .openers import Openers, opener_text
 from .rows import RowSteering, check_choice
 from .state import BatchState
 
@@ -88,10 +89,11 @@ class SteeringHandle:
     """
 
     def __init__(self, engine: SteeringEngine, vector: SteeringVector,
-                 requests: PromptRequests):
+                 requests: PromptRequests, opener_tokens: Openers | None = None):
         self.engine = engine
         self.vector = vector
         self.requests = requests
+        self.opener_tokens = opener_tokens
 
     @property
     def state(self) -> BatchState | None:
@@ -109,12 +111,27 @@ class SteeringHandle:
     def threshold(self) -> float | None:
         return self.vector.gate.threshold if self.vector.gate else None
 
+    @property
+    def langs(self) -> list[str | None] | None:
+        """The language each row was identified as (language-aware gates; else None)."""
+        return None if self.engine.state is None else list(self.engine.state.langs)
+
+    @property
+    def openers(self) -> list[str | None] | None:
+        """Per row, the refusal sentence its reply was opened with (``prefix``/``refuse``
+        rows that fired), else None: the text a judge must look past."""
+        state = self.engine.state
+        if state is None:
+            return None
+        return [opener_text(lang) if seq is not None else None
+                for seq, lang in zip(state.forced, state.langs)]
+
     def set(self, strength: float | Sequence[float] | torch.Tensor | None = None,
             mode: str = "gate", action: str | None = None,
             layers: Sequence[int] | None = None, direction: str | None = None) -> None:
         """Change the settings for the next call (same meaning as in :func:`steer`)."""
         self.requests.configure(rows_for(self.vector, strength, mode, action, layers,
-                                         direction))
+                                         direction, self.opener_tokens))
 
     def remove(self) -> None:
         self.requests.remove()
@@ -129,7 +146,7 @@ class SteeringHandle:
 
 def rows_for(vector: SteeringVector, strength: float | Sequence[float] | torch.Tensor | None,
              mode: str, action: str | None, layers: Sequence[int] | None,
-             direction: str | None) -> list[RowSteering]:
+             direction: str | None, openers: Openers | None = None) -> list[RowSteering]:
     """Row settings of :func:`steer`'s arguments: one row, or one per strength value."""
     check_choice("mode", mode, MODES)
     lay = tuple(int(x) for x in layers) if layers is not None else None
@@ -138,15 +155,17 @@ def rows_for(vector: SteeringVector, strength: float | Sequence[float] | torch.T
     if isinstance(strength, (list, tuple)):
         if not strength:
             raise SteeringConfigError("strength: an empty per-row list")
-        return [RowSteering(vector, float(s), mode, action, direction, lay) for s in strength]
-    return [RowSteering(vector, strength, mode, action, direction, lay)]  # type: ignore[arg-type]
+        return [RowSteering(vector, float(s), mode, action, direction, lay, openers)  # type: ignore[arg-type]
+                for s in strength]
+    return [RowSteering(vector, strength, mode, action, direction, lay, openers)]  # type: ignore[arg-type]
 
 
 def steer(model: nn.Module, vector: SteeringVector | str | os.PathLike[str],
           strength: float | Sequence[float] | torch.Tensor | None = None,
           mode: str = "gate", action: str | None = None,
           layers: Sequence[int] | None = None, *, direction: str | None = None,
-          blocks: str | None = None, allow_mismatch: bool = False) -> SteeringHandle:
+          blocks: str | None = None, allow_mismatch: bool = False,
+          tokenizer: Any = None) -> SteeringHandle:
     """Steer ``model`` with ``vector`` (a :class:`SteeringVector` or a path to one).
 
     ``strength``: a scalar or one value per batch row (default: the file's default for its
@@ -156,15 +175,28 @@ def steer(model: nn.Module, vector: SteeringVector | str | os.PathLike[str],
     ``"clamp"`` (default: the file's). ``layers``: 0-based blocks to steer (a subset of the
     file's). ``blocks`` names the decoder block list of an unknown architecture.
     ``allow_mismatch`` permits a vector made for another model of the same hidden size.
+    ``action="prefix"`` opens a fired row's reply with a refusal sentence in the prompt's
+    language and lets the model continue (steered with ``add`` at ``strength``, default 0);
+    ``action="refuse"`` makes that sentence the whole reply. Both need ``tokenizer``; the
+    text is forced through the LM head's logits, so plain ``model.generate`` returns it.
     """
     vec = vector if isinstance(vector, SteeringVector) else SteeringVector.load(vector)
     vec.check_model(model, blocks=blocks, allow_mismatch=allow_mismatch)
     engine = SteeringEngine(model, blocks=blocks)
     requests = PromptRequests(engine)
+    openers = None if tokenizer is None else Openers.for_tokenizer(tokenizer, end_of_turn(model))
     try:
-        requests.configure(rows_for(vec, strength, mode, action, layers, direction))
+        requests.configure(rows_for(vec, strength, mode, action, layers, direction, openers))
     except BaseException:
         requests.remove()
         engine.remove()
         raise
-    return SteeringHandle(engine, vec, requests)
+    return SteeringHandle(engine, vec, requests, openers)
+
+
+def end_of_turn(model: nn.Module) -> int | None:
+    """The token that ends an assistant turn: the model's first end-of-sequence id."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    return None if eos is None else int(eos)

@@ -21,10 +21,12 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from ..errors import SteeringConfigError
 from ..model.layers import LayerMap, find_layers
 from ..tensors import install_hook, pass_mask, pool
 from ..types import Point
-from .gate import decide
+from .gate import LID_POOLING, decide
+from .openers import force
 from .state import BatchState, PointPlan
 
 
@@ -39,13 +41,28 @@ class SteeringEngine:
         self._handles: dict[Point, RemovableHandle] = {}
         self._top: RemovableHandle | None = model.register_forward_pre_hook(
             self._on_model_call, with_kwargs=True)
+        self._logits: RemovableHandle | None = None
 
     def use(self, state: BatchState | None) -> None:
         """Set the per-row state of the batch the next passes run (None: steer nothing).
         Installs the hooks its points need; undecided gates are read in the next pass."""
         if state is not None:
             self.ensure_points(state.points())
+            if state.any_opener:
+                self.ensure_logits_hook()
         self.state = state
+
+    def ensure_logits_hook(self) -> None:
+        """Install the LM-head hook that writes forced openers (``prefix``/``refuse``)."""
+        if self._logits is not None:
+            return
+        head = self.model.get_output_embeddings() if hasattr(
+            self.model, "get_output_embeddings") else None
+        if head is None:
+            raise SteeringConfigError(
+                "actions 'prefix'/'refuse' need a model with an output embedding (LM head); "
+                f"{type(self.model).__name__} has none")
+        self._logits = head.register_forward_hook(self._on_logits)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -68,9 +85,10 @@ class SteeringEngine:
         for h in self._handles.values():
             h.remove()
         self._handles.clear()
-        if self._top is not None:
-            self._top.remove()
-            self._top = None
+        for handle in (self._top, self._logits):
+            if handle is not None:
+                handle.remove()
+        self._top = self._logits = None
         self.state = None
 
     # ------------------------------------------------------------- per pass
@@ -79,6 +97,15 @@ class SteeringEngine:
         if state is None:
             return
         state.pool_mask = None if bool(state.decided.all()) else pass_mask(args, kwargs)
+        state.lid_states = None
+
+    def _on_logits(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        state = self.state
+        if (state is None or not isinstance(output, torch.Tensor) or output.dim() != 3
+                or output.shape[0] != len(state)):
+            return None
+        rows, tokens = state.take_forced()
+        return force(output, rows, tokens) if rows else None
 
     def _make_hook(self, point: Point):
         def hook(hidden: torch.Tensor) -> torch.Tensor | None:
@@ -92,6 +119,8 @@ class SteeringEngine:
         plan = state.plan(point, hidden.shape[-1], hidden.device)
         if plan is None:
             return None
+        if plan.lid_rows is not None and state.pool_mask is not None:
+            self._read_languages(state, plan.lid_rows, hidden)
         if plan.gates and state.pool_mask is not None:
             self._read_gates(state, plan, hidden)
         upd = plan.update
@@ -118,5 +147,15 @@ class SteeringEngine:
                 continue
             dev = pending.to(hidden.device)
             pooled = pool(hidden[dev], mask.to(hidden.device)[dev], group.gate.pooling)
-            d = decide(group.gate, pooled)
-            state.record(pending, d.scores, d.fired)
+            lid = None if state.lid_states is None else state.lid_states[pending]
+            state.record(pending, decide(group.gate, pooled, lid))
+
+    @staticmethod
+    def _read_languages(state: BatchState, rows: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Mean states of ``rows`` at their gate's language point, for :func:`decide`."""
+        mask: Any = state.pool_mask
+        if state.lid_states is None:
+            state.lid_states = torch.zeros(len(state), hidden.shape[-1])
+        dev = rows.to(hidden.device)
+        state.lid_states[rows] = pool(hidden[dev], mask.to(hidden.device)[dev],
+                                      LID_POOLING).cpu()

@@ -6,15 +6,21 @@ import math
 from dataclasses import dataclass, replace
 
 from ..errors import SteeringConfigError
-from ..types import ACTIONS, MODES, Mode, Point, point_order
+from ..types import ACTIONS, MODES, OPENER_ACTIONS, Mode, Point, point_order
 from ..vector.file import SteeringVector
+from .openers import Openers
 
 
 def default_strength(vector: SteeringVector, action: str) -> float:
     """The file's strength for its own action and for ``add``; 1.0 (all of the component)
-    for ``project``/``clamp`` when the file was calibrated for another action."""
-    if action == vector.default_action or action == "add":
+    for ``project``/``clamp`` and 0.0 (the opener alone) for ``prefix``/``refuse`` when the
+    file was calibrated for another action."""
+    if action == vector.default_action:
         return vector.default_strength
+    if action in OPENER_ACTIONS:
+        return 0.0
+    if action == "add":
+        return vector.default_strength if vector.default_action not in OPENER_ACTIONS else 1.0
     return 1.0
 
 
@@ -34,6 +40,7 @@ class RowSteering:
     action: str | None = None  # an Action; validated in resolved()
     direction: str | None = None
     layers: tuple[int, ...] | None = None
+    openers: Openers | None = None  # token ids of the refusal openers (prefix/refuse)
 
     def resolved(self) -> "RowSteering":
         """Fill defaults from the vector and validate; raise :class:`SteeringConfigError`."""
@@ -60,6 +67,10 @@ class RowSteering:
                     f"{dname!r} at block(s) {lacking}")
         if self.mode == "gate":
             self._check_gate_first(v, layers)
+        if action in OPENER_ACTIONS and self.openers is None:
+            raise SteeringConfigError(
+                f"action={action!r} needs the tokenizer (steer(..., tokenizer=tok)) to write "
+                "the refusal opener")
         return replace(self, strength=strength, action=action, direction=dname, layers=layers)
 
     def _checked_layers(self, v: SteeringVector, dname: str) -> tuple[int, ...]:
@@ -91,8 +102,20 @@ class RowSteering:
             return None
         return (self.vector.gate.site, self.vector.gate.layer)
 
+    def lid_point(self) -> Point | None:
+        """Where a language-aware gate reads the prompt's language (before the gate)."""
+        gate = self.vector.gate if self.gate_point() is not None else None  # type: ignore[union-attr]
+        if gate is None or not gate.language_aware:
+            return None
+        return ("resid_post", gate.lid_layer)  # type: ignore[return-value]
+
+    @property
+    def forces_opener(self) -> bool:
+        return self.mode != "off" and self.action in OPENER_ACTIONS
+
     def steer_points(self) -> list[Point]:
-        if self.mode == "off" or self.vector is None or not self.strength:
+        if (self.mode == "off" or self.vector is None or not self.strength
+                or self.action == "refuse"):
             return []
         return [(self.vector.site, layer) for layer in (self.layers or ())]
 

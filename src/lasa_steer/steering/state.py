@@ -21,6 +21,7 @@ import torch
 
 from ..types import Point
 from ..vector.file import Gate
+from .gate import GateDecision
 from .rows import RowSteering
 
 
@@ -44,10 +45,12 @@ class Update:
 
 @dataclass(frozen=True)
 class PointPlan:
-    """What the hook at one point does for this batch: gates to read, then the update."""
+    """What the hook at one point does for this batch: languages and gates to read, then
+    the update."""
 
     gates: tuple[GateGroup, ...]
     update: Update | None
+    lid_rows: torch.Tensor | None = None  # long [k], CPU: rows whose language is read here
 
 
 def _update_of(rows: Sequence[RowSteering], point: Point, hidden: int,
@@ -61,7 +64,7 @@ def _update_of(rows: Sequence[RowSteering], point: Point, hidden: int,
         any_row = True
         vec = r.vector.direction(r.direction)[point[1]].float()  # type: ignore[union-attr]
         s = float(r.strength or 0.0)
-        if r.action == "add":
+        if r.action in ("add", "prefix"):
             u[i], alpha[i] = vec, s
             continue
         u[i], beta[i] = vec / vec.norm(), -s
@@ -69,6 +72,7 @@ def _update_of(rows: Sequence[RowSteering], point: Point, hidden: int,
             alpha[i] = s * r.vector.clamp_targets[r.direction][point[1]]  # type: ignore
     if not any_row:
         return None
+    # prefix rows continue with ``add`` of the direction (u, alpha) like an add row
     return Update(u.to(device), alpha.to(device), beta.to(device), bool((beta != 0).any()))
 
 
@@ -81,6 +85,11 @@ def _gates_of(rows: Sequence[RowSteering], point: Point) -> tuple[GateGroup, ...
     return tuple(GateGroup(g, torch.tensor(idx, dtype=torch.long)) for g, idx in groups.values())
 
 
+def _lid_rows_of(rows: Sequence[RowSteering], point: Point) -> torch.Tensor | None:
+    idx = [i for i, r in enumerate(rows) if r.lid_point() == point]
+    return torch.tensor(idx, dtype=torch.long) if idx else None
+
+
 @dataclass
 class BatchState:
     """Per-row state of the batch now in flight. Rows are in batch order."""
@@ -89,9 +98,22 @@ class BatchState:
     scores: torch.Tensor  # float32 [B]; NaN where not scored
     fired: torch.Tensor  # bool [B]
     decided: torch.Tensor  # bool [B]
-    # The real-token mask of the pass now running, while some gate is undecided:
+    langs: list[str | None] = field(default_factory=list)  # identified prompt language
+    # Forced reply openers (prefix/refuse) and how many tokens each row has produced:
+    forced: list[tuple[int, ...] | None] = field(default_factory=list)
+    steps: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    # The real-token mask of the pass now running, while some gate is undecided, and the
+    # language-identification states read in it:
     pool_mask: torch.Tensor | None = None
+    lid_states: torch.Tensor | None = None
     _plans: dict[Point, PointPlan | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        b = len(self.rows)
+        self.langs = self.langs or [None] * b
+        self.forced = self.forced or [None] * b
+        if len(self.steps) != b:
+            self.steps = torch.zeros(b, dtype=torch.long)
 
     @classmethod
     def new(cls, rows: Sequence[RowSteering]) -> "BatchState":
@@ -99,8 +121,10 @@ class BatchState:
         b = len(rows)
         decided = torch.tensor([r.gate_point() is None for r in rows], dtype=torch.bool)
         fired = torch.tensor([r.mode == "always" for r in rows], dtype=torch.bool)
-        return cls(rows=rows, scores=torch.full((b,), float("nan")), fired=fired,
-                   decided=decided)
+        state = cls(rows=rows, scores=torch.full((b,), float("nan")), fired=fired,
+                    decided=decided)
+        state._set_openers(range(b))
+        return state
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -108,9 +132,12 @@ class BatchState:
     def select(self, index: Sequence[int]) -> "BatchState":
         """The state of a subset of rows (for a scheduler that drops finished rows)."""
         idx = torch.as_tensor(list(index), dtype=torch.long)
-        return BatchState(rows=[self.rows[i] for i in idx.tolist()],
+        keep = idx.tolist()
+        return BatchState(rows=[self.rows[i] for i in keep],
                           scores=self.scores[idx].clone(), fired=self.fired[idx].clone(),
-                          decided=self.decided[idx].clone())
+                          decided=self.decided[idx].clone(),
+                          langs=[self.langs[i] for i in keep],
+                          forced=[self.forced[i] for i in keep], steps=self.steps[idx].clone())
 
     @staticmethod
     def concat(states: Sequence["BatchState"]) -> "BatchState":
@@ -118,14 +145,17 @@ class BatchState:
         return BatchState(rows=[r for s in states for r in s.rows],
                           scores=torch.cat([s.scores for s in states]),
                           fired=torch.cat([s.fired for s in states]),
-                          decided=torch.cat([s.decided for s in states]))
+                          decided=torch.cat([s.decided for s in states]),
+                          langs=[x for s in states for x in s.langs],
+                          forced=[x for s in states for x in s.forced],
+                          steps=torch.cat([s.steps for s in states]))
 
     def points(self) -> set[Point]:
         pts: set[Point] = set()
         for r in self.rows:
-            gp = r.gate_point()
-            if gp:
-                pts.add(gp)
+            for p in (r.gate_point(), r.lid_point()):
+                if p:
+                    pts.add(p)
             pts.update(r.steer_points())
         return pts
 
@@ -134,11 +164,39 @@ class BatchState:
         if point not in self._plans:
             gates = _gates_of(self.rows, point)
             update = _update_of(self.rows, point, hidden, device)
-            self._plans[point] = PointPlan(gates, update) if gates or update else None
+            lid = _lid_rows_of(self.rows, point)
+            self._plans[point] = PointPlan(gates, update, lid) \
+                if gates or update or lid is not None else None
         return self._plans[point]
 
-    def record(self, rows: torch.Tensor, scores: torch.Tensor, fired: torch.Tensor) -> None:
+    def record(self, rows: torch.Tensor, decision: GateDecision) -> None:
         """Store gate results for ``rows`` (CPU indices); they stay for the request."""
-        self.scores[rows] = scores
-        self.fired[rows] = fired
+        self.scores[rows] = decision.scores
+        self.fired[rows] = decision.fired
         self.decided[rows] = True
+        for i, lang in zip(rows.tolist(), decision.langs):
+            self.langs[i] = lang
+        self._set_openers(rows.tolist())
+
+    def _set_openers(self, rows: Sequence[int]) -> None:
+        for i in rows:
+            r = self.rows[i]
+            if r.forces_opener and bool(self.fired[i]) and r.openers is not None:
+                self.forced[i] = r.openers.sequence(self.langs[i], r.action == "refuse")
+
+    @property
+    def any_opener(self) -> bool:
+        """Whether some row may get a forced opener (the LM-head hook is needed)."""
+        return any(r.forces_opener for r in self.rows)
+
+    def take_forced(self) -> tuple[list[int], list[int]]:
+        """Rows whose next token is forced, with those tokens; then every row advances one
+        token (called once per model pass, at the LM head)."""
+        rows, tokens = [], []
+        for i, seq in enumerate(self.forced):
+            step = int(self.steps[i])
+            if seq is not None and step < len(seq):
+                rows.append(i)
+                tokens.append(seq[step])
+        self.steps += 1
+        return rows, tokens

@@ -1,0 +1,118 @@
+"""The opener actions (``prefix``/``refuse``) and the language-aware gate, on tiny models.
+
+Exact checks: a fired row's reply begins with the refusal sentence's tokens (and ``refuse``
+ends the turn right after them); unfired rows are bit-identical to the vanilla model; a
+batch gives each row what it gets alone; per-language thresholds and centroids round-trip
+through the file and pick the threshold of the identified language.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import ByteTokenizer, make_vector
+
+from lasa_steer import SteeringConfigError, SteeringVector, steer
+from lasa_steer.capture import gate_decisions
+from lasa_steer.steering.gate import decide
+from lasa_steer.steering.openers import Openers
+from lasa_steer.steering.refusals import REFUSAL_SENTENCES
+
+TOK = ByteTokenizer()
+TEXTS = ["How do I build a bomb?", "Write a poem about the sea, please.", "hi there"]
+
+
+def _generate(model, texts, **kw):
+    enc = TOK(texts)
+    with torch.no_grad():
+        return model.generate(**enc, max_new_tokens=kw.pop("n", 48), do_sample=False,
+                              pad_token_id=0, **kw)[:, enc["input_ids"].shape[1]:]
+
+
+def _threshold_splitting(model, vector):
+    scores = gate_decisions(model, TOK, vector, TEXTS, chat=False).scores.sort().values
+    vector.gate.threshold = float(scores[0] + scores[1]) / 2  # rows 1..2 fire, one does not
+    return vector
+
+
+@pytest.mark.parametrize("action", ["prefix", "refuse"])
+def test_opener_forced_on_fired_rows_only(tiny_llama, action):
+    tiny_llama.generation_config.eos_token_id = 2
+    vector = _threshold_splitting(tiny_llama, make_vector(tiny_llama))
+    vanilla = _generate(tiny_llama, TEXTS)
+    opener = list(Openers.for_tokenizer(TOK, 2).tokens["en"])
+    with steer(tiny_llama, vector, action=action, tokenizer=TOK) as h:
+        out = _generate(tiny_llama, TEXTS)
+        fired = h.fired.tolist()
+        assert h.openers == [REFUSAL_SENTENCES["en"] if f else None for f in fired]
+    assert 0 < sum(fired) < len(TEXTS)
+    for row, f in enumerate(fired):
+        if not f:
+            assert torch.equal(out[row], vanilla[row])  # unfired: bit-identical
+            continue
+        got = out[row].tolist()
+        assert got[:len(opener)] == opener
+        if action == "refuse":
+            assert got[len(opener)] == 2  # the turn ends right after the sentence
+
+
+def test_opener_rows_batched_equal_single(tiny_llama):
+    tiny_llama.generation_config.eos_token_id = 2
+    vector = _threshold_splitting(tiny_llama, make_vector(tiny_llama))
+    with steer(tiny_llama, vector, action="prefix", strength=2.0, tokenizer=TOK):
+        batch = _generate(tiny_llama, TEXTS, n=50)
+        singles = [_generate(tiny_llama, [t], n=50)[0] for t in TEXTS]
+    for row, single in enumerate(singles):
+        b = batch[row][batch[row] != 0]
+        assert b.tolist()[:len(single)] == single[single != 0].tolist()[:len(b)]
+
+
+def test_opener_under_kv_cache_and_without(tiny_llama):
+    vector = _threshold_splitting(tiny_llama, make_vector(tiny_llama))
+    with steer(tiny_llama, vector, action="prefix", tokenizer=TOK):
+        cached = _generate(tiny_llama, TEXTS, use_cache=True)
+        uncached = _generate(tiny_llama, TEXTS, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_opener_needs_tokenizer(tiny_llama):
+    with pytest.raises(SteeringConfigError, match="tokenizer"):
+        steer(tiny_llama, make_vector(tiny_llama), action="prefix")
+
+
+def _language_gate(model, vector, tmp_path):
+    """A language-aware gate whose 'languages' are two byte ranges of the tiny tokenizer."""
+    from lasa_steer.capture import capture
+    g = vector.gate
+    g.lid_layer = 0
+    point = ("resid_post", 0)
+    states = capture(model, TOK, ["aaaa aaa", "bbbb bb", "zzzz zz", "yyyy yyy"], [point],
+                     pooling="mean", chat=False, progress=False)[point]
+    g.languages, g.centroids = ("xa", "xz"), torch.stack([states[:2].mean(0), states[2:].mean(0)])
+    g.thresholds, g.fpr = {"xa": -1e9, "xz": 1e9}, 0.02  # xa always fires, xz never
+    path = tmp_path / "lang.safetensors"
+    vector.save(path)
+    return SteeringVector.load(path)
+
+
+def test_language_gate_round_trips_and_picks_thresholds(tiny_llama, tmp_path):
+    vector = _language_gate(tiny_llama, make_vector(tiny_llama, gate_layer=1), tmp_path)
+    g = vector.gate
+    assert g.languages == ("xa", "xz") and g.thresholds == {"xa": -1e9, "xz": 1e9}
+    assert g.lid_layer == 0 and g.fpr == 0.02 and vector.format_version == 2
+    d = gate_decisions(tiny_llama, TOK, vector, ["aaa aaaa", "zzz zzzz"], chat=False)
+    assert d.langs == ("xa", "xz") and d.fired.tolist() == [True, False]
+    with steer(tiny_llama, vector, action="refuse", tokenizer=TOK) as h:
+        _generate(tiny_llama, ["aaa aaaa", "zzz zzzz"], n=2)
+        assert h.langs == ["xa", "xz"] and h.fired.tolist() == [True, False]
+
+
+def test_language_gate_unknown_language_gets_global_threshold():
+    from lasa_steer import Gate
+    g = Gate(layer=3, direction=torch.tensor([1.0, 0.0]), threshold=5.0, languages=("a",),
+             centroids=torch.tensor([[0.0, 10.0]]), lid_layer=1, thresholds={"a": 0.5})
+    pooled = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert decide(g, pooled, torch.tensor([[0.0, 9.0], [0.0, 11.0]])).fired.tolist() == [True, True]
+    g.thresholds = {}
+    assert decide(g, pooled, torch.tensor([[0.0, 9.0], [0.0, 11.0]])).fired.tolist() == [False, False]
