@@ -116,3 +116,21 @@ def test_language_gate_unknown_language_gets_global_threshold():
     assert decide(g, pooled, torch.tensor([[0.0, 9.0], [0.0, 11.0]])).fired.tolist() == [True, True]
     g.thresholds = {}
     assert decide(g, pooled, torch.tensor([[0.0, 9.0], [0.0, 11.0]])).fired.tolist() == [False, False]
+
+
+def test_calibrate_languages_sets_centroids_and_thresholds(tiny_llama):
+    from lasa_steer.fit.data import Example
+    from lasa_steer.fit.languages import calibrate_languages
+    words = {"xa": "aaa bab", "xz": "zzz yzy"}
+    train = [Example(f"{w} {i} {'bomb' if i % 2 else 'cake'}", i % 2, lang)
+             for lang, w in words.items() for i in range(8)]
+    val = [Example(f"{w} {w} {i} {'kill' if i % 2 else 'tea'}", i % 2, lang)
+           for lang, w in words.items() for i in range(10)]
+    vector = make_vector(tiny_llama, gate_layer=2)
+    out, report = calibrate_languages(tiny_llama, TOK, vector, train, val, fpr=0.2,
+                                      lid_layer=1, per_language=8, progress=False)
+    g = out.gate
+    assert g.languages == ("xa", "xz") and g.lid_layer == 1 and g.centroids.shape[0] == 2
+    assert set(g.thresholds) == {"xa", "xz"} and report["lid_accuracy"] == 1.0
+    for lang, row in report["per_language"].items():
+        assert row["fpr"] <= 0.2 and row["threshold"] == g.thresholds[lang]
