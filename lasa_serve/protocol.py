@@ -1,8 +1,10 @@
 """Request and response bodies of the OpenAI-compatible endpoints (pydantic).
 
-Unknown fields are ignored, as OpenAI clients send more than any one server uses; fields
-that would change the meaning of the answer and that this server cannot honour (logprobs,
-tools, images) are refused with a 400 in :mod:`lasa_serve.routes`.
+Unknown fields are ignored, as OpenAI clients send more than any one server uses. Numbers
+and booleans are strict (``"n": "2"`` or ``"stream": "yes"`` is a 400, as at OpenAI): a
+coerced value would hide a client's bug. Fields that would change the meaning of the answer
+and that this server cannot honour (logprobs, tools, images) are refused with a 400 in
+:mod:`lasa_serve.serving`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ class Steering(_Body):
 
     vector: Optional[str] = Field(None, description="vector name (default: the server's)",
                                   max_length=128)
-    strength: Optional[float] = Field(None, ge=-1000.0, le=1000.0, allow_inf_nan=False)
+    strength: Optional[float] = Field(None, ge=-1000.0, le=1000.0, allow_inf_nan=False,
+                                      strict=True)
     mode: Optional[Mode] = None
     action: Optional[RequestAction] = None
     direction: Optional[str] = Field(None, max_length=64,
@@ -33,20 +36,20 @@ class Steering(_Body):
 
 
 class StreamOptions(_Body):
-    include_usage: Optional[bool] = False
+    include_usage: Optional[bool] = Field(False, strict=True)
 
 
 class SamplingRequest(_Body):
     """Fields shared by chat and text completion requests."""
 
     model: str = Field(..., max_length=256)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: Optional[int] = None
+    max_tokens: Optional[int] = Field(None, ge=1, strict=True)
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, strict=True)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False, strict=True)
+    seed: Optional[int] = Field(None, strict=True)
     stop: Stop = None
-    n: Optional[int] = Field(None, ge=1, le=128)
-    stream: Optional[bool] = False
+    n: Optional[int] = Field(None, ge=1, le=128, strict=True)
+    stream: Optional[bool] = Field(False, strict=True)
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
     steering: Optional[Steering] = None
@@ -78,16 +81,16 @@ class Message(_Body):
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[Message] = Field(..., min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-    logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = None
+    max_completion_tokens: Optional[int] = Field(None, ge=1, strict=True)
+    logprobs: Optional[bool] = Field(None, strict=True)
+    top_logprobs: Optional[int] = Field(None, strict=True)
     tools: Optional[list[dict[str, Any]]] = None
 
 
 class CompletionRequest(SamplingRequest):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    echo: Optional[bool] = False
-    logprobs: Optional[int] = None
+    echo: Optional[bool] = Field(False, strict=True)
+    logprobs: Optional[int] = Field(None, strict=True)
     suffix: Optional[str] = None
 
 

@@ -112,3 +112,31 @@ def test_reload_of_malformed_vector_file_is_a_400(live):
     err = _error(resp, 400, "name")
     assert err["code"] == "invalid_vector_file" and "clamp_targets" in err["message"]
     assert rt.vectors.get("test-gate") is good
+
+
+@pytest.mark.parametrize("path,field,value", [
+    ("/v1/chat/completions", "n", "2"),
+    ("/v1/chat/completions", "stream", "yes"),
+    ("/v1/chat/completions", "top_logprobs", False),
+    ("/v1/chat/completions", "logprobs", 0),
+    ("/v1/chat/completions", "max_tokens", "3"),
+    ("/v1/chat/completions", "temperature", "0.5"),
+    ("/v1/chat/completions", "seed", True),
+    ("/v1/completions", "logprobs", False),
+    ("/v1/completions", "echo", "true"),
+    ("/v1/completions", "n", 1.0),
+])
+def test_loose_types_are_refused(live, path, field, value):
+    """Values OpenAI rejects are not coerced: a 400 naming the field."""
+    client = live[0]
+    body = {"model": MODEL, field: value}
+    body.update({"messages": MSGS} if "chat" in path else {"prompt": "hi"})
+    _error(client.post(path, json=body), 400, field)
+
+
+def test_strict_types_keep_valid_values(live):
+    client = live[0]
+    resp = client.post("/v1/completions", json={
+        "model": MODEL, "prompt": "hi", "n": 1, "echo": False, "temperature": 0,
+        "max_tokens": 1, "stream": False, "steering": {"mode": "off", "strength": 1}})
+    assert resp.status_code == 200, resp.text
