@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lasa_steer.types import Mode, RequestAction
 
+from .vectors import NAME_RE
+
 Stop = Optional[Union[str, list[str]]]
 
 
@@ -23,15 +25,16 @@ class _Body(BaseModel):
 
 
 class Steering(_Body):
-    """Per-request steering (the ``steering`` body field; ``extra_body`` in the client)."""
+    """Per-request steering (the ``steering`` body field; ``extra_body`` in the client).
+    Names are never empty: ``""`` is a client's mistake, not a request for the default."""
 
     vector: Optional[str] = Field(None, description="vector name (default: the server's)",
-                                  max_length=128)
+                                  min_length=1, max_length=128, pattern=NAME_RE.pattern)
     strength: Optional[float] = Field(None, ge=-1000.0, le=1000.0, allow_inf_nan=False,
                                       strict=True)
     mode: Optional[Mode] = None
     action: Optional[RequestAction] = None
-    direction: Optional[str] = Field(None, max_length=64,
+    direction: Optional[str] = Field(None, min_length=1, max_length=64,
                                      description="named direction in the vector file")
 
 
@@ -96,7 +99,9 @@ class CompletionRequest(SamplingRequest):
 
 class ModerationRequest(_Body):
     input: Union[str, list[str]]
-    model: Optional[str] = Field(None, max_length=256)
+    model: Optional[str] = Field(None, min_length=1, max_length=256,
+                                 description="a vector name, or the served model for the "
+                                 "default vector")
 
 
 class ErrorDetail(BaseModel):

@@ -49,7 +49,7 @@ def create_app(rt: Runtime) -> FastAPI:
 
 
 def _info_routes(app: FastAPI, rt: Runtime) -> None:
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # load balancers probe with HEAD
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": rt.model_name, "default_vector": rt.default_vector,
                 **rt.scheduler.load()}

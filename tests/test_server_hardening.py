@@ -140,3 +140,21 @@ def test_strict_types_keep_valid_values(live):
         "model": MODEL, "prompt": "hi", "n": 1, "echo": False, "temperature": 0,
         "max_tokens": 1, "stream": False, "steering": {"mode": "off", "strength": 1}})
     assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions", {"messages": MSGS, "steering": {"vector": ""}}, "steering.vector"),
+    ("/v1/chat/completions", {"messages": MSGS, "steering": {"direction": ""}},
+     "steering.direction"),
+    ("/v1/completions", {"prompt": "hi", "steering": {"vector": ""}}, "steering.vector"),
+    ("/v1/moderations", {"input": "hi", "model": ""}, "model"),
+], ids=["chat-vector", "chat-direction", "completion-vector", "moderation-model"])
+def test_empty_names_are_refused_not_defaulted(live, path, body, param):
+    if "moderations" not in path:
+        body = {"model": MODEL, **body}
+    _error(live[0].post(path, json=body), 400, param)
+
+
+def test_health_answers_head(live):
+    resp = live[0].head("/health")
+    assert resp.status_code == 200 and resp.content == b""
