@@ -32,17 +32,39 @@ _CODE_MAP: dict[str, str] = {
 }
 
 
+# Codes that benchmarks use but ISO 639-1 does not have (XSafety writes ``sp`` for Spanish).
+# None of them is an ISO 639-1 code (``kr`` is, Kanuri, so it is not mapped to Korean).
+_ALIASES: dict[str, str] = {"sp": "es", "jp": "ja", "cn": "zh", "cz": "cs", "gr": "el",
+                            "ua": "uk", "vn": "vi", "dk": "da"}
+# Every ISO 639-1 code: a two-letter code outside it is a typo or an alias to add above.
+_ISO639_1 = frozenset("""
+aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv
+cy da de dv dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr
+ht hu hy hz ia id ie ig ii ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw
+ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv
+ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr
+ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi
+yo za zh zu""".split())
+
+
 def lang_code(code: str) -> str:
-    """Normalise a language code or name to the project's code set (see module doc)."""
+    """Normalise a language code or name to the project's code set (see module doc).
+    Aliases (``sp`` -> ``es``) are mapped; an unknown code raises :class:`DataError`, as a
+    silently kept typo would put a language's prompts under a label no other data shares."""
     key = code.strip().lower()
     if key not in _CODE_MAP:
         key = key.replace("_", "-")
     if key in _CODE_MAP:
         return _CODE_MAP[key]
     base = key.split("-")[0]
-    if len(base) == 2:
+    base = _ALIASES.get(base, base)
+    if base in _ISO639_1 or base in _CODE_MAP.values():
         return base
-    return _CODE_MAP.get(base, base)
+    if len(base) == 3 and base.isalpha():
+        return _CODE_MAP.get(base, base)  # ISO 639-3
+    raise DataError(f"unknown language code {code!r}: use an ISO 639-1 code (en, es, zh), "
+                    "an ISO 639-3 code (ace) or a known alias "
+                    f"({', '.join(f'{a}={c}' for a, c in sorted(_ALIASES.items()))})")
 
 
 def default_data_dir(path: str | os.PathLike[str] | None = None, required: bool = True
@@ -95,18 +117,45 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
-def read_instructions(path: Path) -> list[str]:
+def read_instructions(path: Path, lang: str | None = None,
+                      english: list[str] | None = None) -> list[str]:
+    """The prompts of a PolyRefuse-style JSON list of ``{"instruction": ...}`` objects.
+
+    Test-split files keep the English source in ``instruction`` and the translation in
+    ``instruction_translated`` (train/val files put the translation in ``instruction``), so
+    the translation is taken when present. For a ``lang`` other than English the texts are
+    compared with their source (the row's ``instruction``, else ``english``, the English
+    file's rows): see :func:`check_translated`."""
     data = read_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of {{\"instruction\": ...}} objects")
-    out = []
+    out, sources = [], []
     for i, item in enumerate(data):
-        text = item.get("instruction") if isinstance(item, dict) else item
+        key = "instruction_translated" if isinstance(item, dict) and \
+            "instruction_translated" in item else "instruction"
+        text = item.get(key) if isinstance(item, dict) else item
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}: row {i} (0-based list index) has no non-empty "
-                            "'instruction' string")
+                            f"{key!r} string")
         out.append(text)
+        if key == "instruction_translated" and isinstance(item.get("instruction"), str):
+            sources.append(item["instruction"])
+    if lang is not None and lang != "en":
+        source = sources if len(sources) == len(out) else english
+        if source is not None and len(source) == len(out):
+            check_translated(out, source, path)
     return out
+
+
+def check_translated(texts: list[str], english: list[str], path: Path) -> None:
+    """Refuse a "translated" file whose texts are mostly its English source (the wrong
+    field read, or an untranslated copy): evaluated as another language it would silently
+    score English text."""
+    same = sum(a.strip() == b.strip() for a, b in zip(texts, english))
+    if texts and 2 * same > len(texts):
+        raise DataError(f"{path}: {same} of {len(texts)} texts are identical to their English "
+                        "source; this is not a translation (for test-split files the "
+                        "translation is 'instruction_translated')")
 
 
 MULTIJAIL_META = ("id", "source", "tags")  # MultiJail's columns before the languages

@@ -7,8 +7,9 @@ Benchmarks and what their prompts count as:
 * ``xstest``: XSTest prompts CSV (``id,prompt,type,label,...``), English; ``label=safe``
   prompts are harmless (over-refusal), ``label=unsafe`` contrasts are harmful.
 * ``polyrefuse-harmless``: PolyRefuse harmless instructions (JSON list of
-  ``{"instruction": ...}``), a folder of ``harmless_val_translated_<lang>.json`` (+
-  ``en/harmless_val.json``) or one such file.
+  ``{"instruction": ...}``; test-split files: ``instruction_translated``), a folder of
+  ``harmless_<split>_translated_<lang>.json`` (+ ``en/harmless_<split>.json``; ``val``, else
+  the one split present) or one such file.
 * ``mgsm``: MGSM maths questions (``question<TAB>answer`` TSV), a folder of
   ``mgsm_<lang>.tsv`` or one such file; harmless, with a gold answer for utility.
 
@@ -94,22 +95,45 @@ def _lang_from_name(path: Path, pattern: str) -> str:
     return lang_code(m.group(1))
 
 
+_POLYREFUSE_NAME = re.compile(r"harmless_(\w+?)_translated_([\w-]+)\.json")
+
+
+def _polyrefuse_split(folder: Path, split: str) -> str:
+    """``split`` if the folder has its files, else the one split it has files of (published
+    PolyRefuse test files are ``harmless_test_translated_<lang>.json``)."""
+    found = {m.group(1) for p in folder.glob("harmless_*_translated_*.json")
+             if (m := _POLYREFUSE_NAME.fullmatch(p.name))}
+    if split in found or (folder / "en" / f"harmless_{split}.json").is_file():
+        return split
+    if len(found) == 1:
+        return found.pop()
+    raise DataError(f"{folder}: no harmless_{split}_translated_<lang>.json files"
+                    + (f" (splits present: {sorted(found)}; name one in the path)"
+                       if found else ""))
+
+
 def read_polyrefuse_harmless(path: Path, split: str = "val") -> list[BenchItem]:
     if path.is_file():
+        m = _POLYREFUSE_NAME.fullmatch(path.name)
+        split = m.group(1) if m else path.stem.rpartition("_")[2]
         lang = "en" if path.parent.name == "en" else \
             _lang_from_name(path, r"harmless_\w+?_translated_([\w-]+)\.json")
         files = [(lang, path)]
+        english_path = path.parent / "en" / f"harmless_{split}.json"
     elif path.is_dir():
-        files = [(_lang_from_name(p, r"harmless_\w+?_translated_([\w-]+)\.json"), p)
-                 for p in sorted(path.glob(f"harmless_{split}_translated_*.json"))]
-        if (path / "en" / f"harmless_{split}.json").is_file():
-            files.insert(0, ("en", path / "en" / f"harmless_{split}.json"))
-        if not files:
-            raise DataError(f"{path}: no harmless_{split}_translated_<lang>.json files")
+        split = _polyrefuse_split(path, split)
+        files = [(lang_code(m.group(2)), p)
+                 for p in sorted(path.glob(f"harmless_{split}_translated_*.json"))
+                 if (m := _POLYREFUSE_NAME.fullmatch(p.name))]
+        english_path = path / "en" / f"harmless_{split}.json"
+        if english_path.is_file():
+            files.insert(0, ("en", english_path))
     else:
         raise DataError(f"{path}: no such PolyRefuse file or folder")
+    english = read_instructions(english_path) if english_path.is_file() else None
     return [BenchItem("polyrefuse-harmless", lang, HARMLESS_KIND, str(i), text)
-            for lang, p in files for i, text in enumerate(read_instructions(p))]
+            for lang, p in files
+            for i, text in enumerate(read_instructions(p, lang, english))]
 
 
 def _read_mgsm_file(path: Path, lang: str) -> list[BenchItem]:

@@ -94,7 +94,9 @@ def load_polyrefuse(root: str | os.PathLike[str] | None = None, split: str = "tr
     for lang in chosen:
         for kind, label in (("harmful", HARMFUL), ("harmless", HARMLESS)):
             path = polyrefuse_file(folder, kind, split, lang)
-            texts = read_instructions(path)
+            source = polyrefuse_file(folder, kind, split, "en")
+            english = read_instructions(source) if lang != "en" and source.is_file() else None
+            texts = read_instructions(path, lang, english)
             rows = list(range(len(texts)))
             if limit is not None and limit < len(rows):
                 rows = sorted(random.Random(f"{seed}:{kind}").sample(rows, limit))
