@@ -43,12 +43,18 @@ async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
                         status_code=exc.status)
 
 
+def _union_tag(part: object) -> bool:
+    """Whether a location part names a union member (``str``, ``list[TextPart]``) rather
+    than a field: the client's field path leaves them out."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))
+
+
 async def validation_handler(request: Request, exc: Exception) -> JSONResponse:
     """Malformed JSON and invalid fields: 400, naming the first offending field."""
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {}
-    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    loc = [str(x) for x in first.get("loc", ()) if x != "body" and not _union_tag(x)]
     if first.get("type") == "json_invalid":
         return error_response(400, f"request body is not valid JSON: {first.get('msg', '')}",
                               code="invalid_json")

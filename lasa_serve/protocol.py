@@ -9,7 +9,7 @@ and that this server cannot honour (logprobs, tools, images) are refused with a 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -72,33 +72,42 @@ class SamplingRequest(_Body):
 
 
 class TextPart(_Body):
-    type: str
-    text: Optional[str] = None
+    """Only text parts: images and audio are refused (in the schema too)."""
+
+    type: Literal["text"]
+    text: str
 
 
 class Message(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Optional[Union[str, list[TextPart]]] = None
+    content: Optional[Union[list[TextPart], str]] = None  # list first: its errors first
     name: Optional[str] = None
+
+
+def _only_false(schema: dict[str, Any]) -> None:
+    """Schema of a boolean that only ``false`` (or null) may take (``logprobs``)."""
+    schema["anyOf"][0]["const"] = False
 
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[Message] = Field(..., min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1, strict=True)
-    logprobs: Optional[bool] = Field(None, strict=True)
-    top_logprobs: Optional[int] = Field(None, strict=True)
+    logprobs: Optional[bool] = Field(None, strict=True, json_schema_extra=_only_false,
+                                     description="not supported: false or null only")
+    top_logprobs: Optional[int] = Field(None, strict=True, ge=0, le=0)
     tools: Optional[list[dict[str, Any]]] = None
 
 
 class CompletionRequest(SamplingRequest):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     echo: Optional[bool] = Field(False, strict=True)
-    logprobs: Optional[int] = Field(None, strict=True)
+    logprobs: Optional[int] = Field(None, strict=True, ge=0, le=0,
+                                    description="not supported: 0 or null only")
     suffix: Optional[str] = None
 
 
 class ModerationRequest(_Body):
-    input: Union[str, list[str]]
+    input: Union[str, Annotated[list[str], Field(min_length=1)]]
     model: Optional[str] = Field(None, min_length=1, max_length=256,
                                  description="a vector name, or the served model for the "
                                  "default vector")

@@ -49,10 +49,13 @@ def create_app(rt: Runtime) -> FastAPI:
 
 
 def _info_routes(app: FastAPI, rt: Runtime) -> None:
-    @app.api_route("/health", methods=["GET", "HEAD"])  # load balancers probe with HEAD
+    @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": rt.model_name, "default_vector": rt.default_vector,
                 **rt.scheduler.load()}
+
+    # load balancers probe with HEAD (outside the schema: one operation per path and name)
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:

@@ -158,3 +158,28 @@ def test_empty_names_are_refused_not_defaulted(live, path, body, param):
 def test_health_answers_head(live):
     resp = live[0].head("/health")
     assert resp.status_code == 200 and resp.content == b""
+
+
+def test_openapi_schema_states_enforced_limits(live):
+    """What the server refuses, the schema says (generated clients and fuzzers agree)."""
+    schemas = live[0].get("/openapi.json").json()["components"]["schemas"]
+    chat, completion = schemas["ChatCompletionRequest"], schemas["CompletionRequest"]
+    part = schemas["TextPart"]
+    assert part["properties"]["type"].get("const") == "text" and "text" in part["required"]
+    assert {"const": False, "type": "boolean"}.items() <= \
+        chat["properties"]["logprobs"]["anyOf"][0].items()
+    assert completion["properties"]["logprobs"]["anyOf"][0]["maximum"] == 0
+    listed = [b for b in schemas["ModerationRequest"]["properties"]["input"]["anyOf"]
+              if b.get("type") == "array"]
+    assert listed[0]["minItems"] == 1
+    assert schemas["Steering"]["properties"]["vector"]["anyOf"][0]["pattern"]
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/moderations", {"input": []}, "input"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages.0.content.0.type"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "logprobs": 2}, "logprobs"),
+])
+def test_schema_violations_name_the_field(live, path, body, param):
+    _error(live[0].post(path, json=body), 400, param)
