@@ -33,6 +33,7 @@ class Job:
     # filled in by the worker
     score: float | None = None
     fired: bool = False
+    language: str | None = None  # identified by a language-aware gate
     open_rows: int = 0
 
     @property

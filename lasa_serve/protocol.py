@@ -146,6 +146,7 @@ class SteeringResult(BaseModel):
     strength: Optional[float] = None
     gate_score: Optional[float] = None
     threshold: Optional[float] = None
+    language: Optional[str] = None  # identified by a language-aware gate
     fired: bool = False
 
 
@@ -210,7 +211,8 @@ class ModerationResult(BaseModel):
     categories: dict[str, bool]
     category_scores: dict[str, float]
     score: float
-    threshold: float
+    threshold: float  # the threshold of the input's language (language-aware gates)
+    language: Optional[str] = None
 
 
 class ModerationResponse(BaseModel):

@@ -183,6 +183,7 @@ class Scheduler:
             score = float(state.scores[i])
             j.score = None if math.isnan(score) else score
             j.fired = bool(state.fired[i])
+            j.language = state.langs[i]
             if j.steering.mode != "off":
                 self.metrics.gate(j.fired, evaluated=j.steering.mode == "gate")
         index = [i for i, j in enumerate(jobs) for _ in range(j.n)]
@@ -195,7 +196,7 @@ class Scheduler:
             j.open_rows = j.n
             self.metrics.prompt_tokens(len(j.prompt_ids))
             j.emit([{"type": "steering", "score": j.score, "fired": j.fired,
-                     "prompt_tokens": len(j.prompt_ids)}])
+                     "language": j.language, "prompt_tokens": len(j.prompt_ids)}])
         self._cache, self._mask = kv.merge(self._cache, self._mask, cache, mask)
         self._state = state if self._state is None or not self._rows else \
             BatchState.concat([self._state, state])

@@ -75,6 +75,7 @@ class Generation:
         self.top_p = 1.0 if req.top_p is None else req.top_p
         self.stops = req.stops()
         self.jobs: list[Job] = []
+        self._langs: dict[int, str | None] = {}  # prompt index -> identified language
 
     # ------------------------------------------------------------------ submission
     def _submit(self, emit: Callable[[int, list[dict]], None]) -> None:
@@ -126,14 +127,17 @@ class Generation:
         return p * self.n + k
 
     def _steering_obj(self, scores: dict[int, Any], fired: dict[int, bool]) -> SteeringResult:
-        vals = [v for v in scores.values() if v is not None]
+        vals = {p: v for p, v in scores.items() if v is not None}
+        top = max(vals, key=lambda p: vals[p]) if vals else next(iter(scores), None)
+        lang = self._langs.get(top) if top is not None else None
         thr = None
         if self.steer_info.vector:
             v = self.rt.vectors.get(self.steer_info.vector)
-            thr = v.gate.threshold if v is not None and v.gate is not None else None
+            # the threshold the (highest-scoring) prompt was compared with: its language's
+            thr = v.gate.threshold_for(lang) if v is not None and v.gate is not None else None
         return self.steer_info.model_copy(update={
-            "gate_score": max(vals) if vals else None, "threshold": thr,
-            "fired": any(fired.values())})
+            "gate_score": max(vals.values()) if vals else None, "threshold": thr,
+            "language": lang, "fired": any(fired.values())})
 
     async def respond(self, request: Request) -> Any:
         if self.req.stream:
@@ -156,6 +160,7 @@ class Generation:
                 raise APIError(ev.get("status", 500), ev["message"], code="generation_failed")
             if t == "steering":
                 scores[p], fired[p] = ev["score"], ev["fired"]
+                self._langs[p] = ev.get("language")
                 prompt_tokens += ev["prompt_tokens"]
             elif t == "text":
                 texts.setdefault(self._choice_index(p, ev["index"]), []).append(ev["text"])
@@ -196,6 +201,7 @@ class Generation:
                     break
                 if t == "steering":
                     scores[p], fired[p] = ev["score"], ev["fired"]
+                    self._langs[p] = ev.get("language")
                     prompt_tokens += ev["prompt_tokens"]
                     steering = self._steering_obj({p: ev["score"]}, {p: ev["fired"]})
                     first = [self.flavor.opening(self._choice_index(p, k), p)

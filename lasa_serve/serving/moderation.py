@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from typing import Any, Sequence
 
-from lasa_steer.capture import gate_scores
+from lasa_steer.capture import gate_decisions
 
 from ..errors import APIError
 from ..protocol import ModerationRequest, ModerationResponse, ModerationResult
@@ -16,12 +16,14 @@ from .text import tokenize
 
 def score_texts(model: Any, tok: Any, vector: Any, texts: Sequence[str]
                 ) -> list[ModerationResult]:
-    """One result per text, from :func:`lasa_steer.capture.gate_scores` (THE gate decision)."""
-    scores, flagged = gate_scores(model, tok, vector, list(texts))
-    thr = vector.gate.threshold
+    """One result per text, from :func:`lasa_steer.capture.gate_decisions` (THE gate
+    decision, with each text's language for a language-aware gate)."""
+    d = gate_decisions(model, tok, vector, list(texts))
+    langs = d.langs or (None,) * len(texts)
     return [ModerationResult(flagged=bool(f), categories={"harmful": bool(f)},
                              category_scores={"harmful": float(s)}, score=float(s),
-                             threshold=thr) for s, f in zip(scores.tolist(), flagged.tolist())]
+                             threshold=vector.gate.threshold_for(lang), language=lang)
+            for s, f, lang in zip(d.scores.tolist(), d.fired.tolist(), langs)]
 
 
 async def moderate(rt: Runtime, req: ModerationRequest) -> ModerationResponse:

@@ -29,6 +29,17 @@ def describe(vector: SteeringVector) -> str:
         g = vector.gate
         lines.append(f"gate         block {g.layer} {g.site}, pooling {g.pooling}, "
                      f"threshold {g.threshold:.4g}")
+        if g.language_aware:
+            lines.append(f"languages    {len(g.languages)} centroids at block {g.lid_layer} "
+                         f"(mean state); thresholds at FPR {g.fpr}; others: {g.threshold:.4g}")
+            per = vector.extra.get("language_gate", {}).get("per_language", {})
+            for lang in g.languages:
+                row = per.get(lang, {})
+                rates = "".join(f", {k} {row[k]:.2f}" for k in ("tpr", "fpr", "lid_accuracy")
+                                if isinstance(row.get(k), float) and row[k] == row[k])
+                thr = g.thresholds.get(lang)
+                lines.append(f"  {lang:<4}       threshold "
+                             f"{'-' if thr is None else format(thr, '.4g')}{rates}")
     else:
         lines.append("gate         none (mode='always' only)")
     for name, per_layer in sorted(vector.directions.items()):
@@ -44,6 +55,8 @@ def describe(vector: SteeringVector) -> str:
             text = json.dumps(value) if not isinstance(value, str) else value
             lines.append(f"provenance   {key}: {text if len(text) < 200 else text[:197] + '...'}")
     for key, value in sorted(meta["extra"].items()):
+        if key == "language_gate":
+            continue
         text = json.dumps(value)
         lines.append(f"extra        {key}: {text if len(text) < 200 else text[:197] + '...'}")
     return "\n".join(lines)

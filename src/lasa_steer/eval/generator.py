@@ -41,11 +41,14 @@ _STEERING_FIELDS = ("strength", "mode", "action")
 
 @dataclass(frozen=True)
 class Generation:
-    """One completion; ``fired``/``score``: the gate's decision (None when unsteered)."""
+    """One completion; ``fired``/``score``: the gate's decision (None when unsteered);
+    ``prefix``: the refusal opener the engine forced (actions ``prefix``/``refuse``), which
+    the judge looks past."""
 
     text: str
     fired: bool | None = None
     score: float | None = None
+    prefix: str | None = None
 
 
 class Generator(Protocol):
@@ -102,13 +105,16 @@ class HFGenerator:
         d = self.decoding
         fired: list[bool | None] = [None] * len(prompts)
         scores: list[float | None] = [None] * len(prompts)
+        openers: list[str | None] = [None] * len(prompts)
         if steered:
             with steer(self.model, self.vector, strength=d.strength, mode=d.mode,
-                       action=d.action) as handle:
+                       action=d.action, tokenizer=self.tok) as handle:
                 texts = generate_batch(self.model, self.tok, prompts, d, d.chat)
                 if handle.fired is not None and handle.scores is not None:
                     fired = [bool(x) for x in handle.fired.tolist()]
                     scores = [None if x != x else float(x) for x in handle.scores.tolist()]
+                    openers = handle.openers or openers
         else:
             texts = generate_batch(self.model, self.tok, prompts, d, d.chat)
-        return [Generation(t.strip(), f, s) for t, f, s in zip(texts, fired, scores)]
+        return [Generation(t.strip(), f, s, o)
+                for t, f, s, o in zip(texts, fired, scores, openers)]

@@ -16,7 +16,9 @@ Pipeline (each step's figures go into the report and the vector's metadata):
    prompt followed by a refusal start vs a compliance start);
 5. calibration on validation data: gate threshold for a target FPR on harmless prompts; the
    candidate and strength by generating replies (refusal rate on harmful prompts, first-token
-   KL and greedy agreement on harmless ones).
+   KL and greedy agreement on harmless ones); then (5c) the language-aware gate: language
+   centroids at an early block and a threshold per language at the same FPR
+   (:mod:`lasa_steer.fit.languages`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..types import HARMFUL, HARMLESS, Point
 from ..vector.file import Gate, SteeringVector
 from .bottleneck import DEFAULT_BAND, LayerReport, bottleneck_of
 from .calibrate import choose_trial, gated_check, strength_trials, threshold_for_fpr
+from .languages import calibrate_languages
 from .candidates import clamp_targets, gate_candidates, refusal_candidates, refusal_layers_for
 from .data import Example
 from .directions import auroc_row, harm_direction, lang_mean
@@ -78,6 +81,10 @@ class FitConfig:
     capture_dtype: str = "auto"
     comparison_val_per_language: int = 20    # val rows per label for the first/last table
     gate_shrinkage: Sequence[float] = (0.3, 1.0, 3.0)  # whitened gate candidates; () = off
+    # A language-aware gate (fit.languages): centroids from this many training prompts per
+    # language and a threshold per language at ``fpr``; False keeps one pooled threshold.
+    language_gate: bool = True
+    lid_per_language: int = 40
     batch_size: int = 16
     seed: int = 0
     progress: bool = True
@@ -167,6 +174,12 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
     vector = SteeringVector(model=ident, directions=directions, gate=gate_fit.gate,
                             default_direction="refusal", default_action="add",
                             default_strength=best.strength, clamp_targets=targets)
+    languages = None
+    if cfg.language_gate:                                                          # 5c
+        vector, languages = calibrate_languages(model, tokenizer, vector, train, val, cfg.fpr,
+                                                per_language=cfg.lid_per_language,
+                                                batch_size=cfg.batch_size, seed=cfg.seed,
+                                                progress=cfg.progress)
     gated = gated_check(model, tokenizer, vector, val, cfg, judge)
     counts = label_counts(train, val)
     report = FitReport(
@@ -183,7 +196,8 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
         layers=layer_report.to_json() if layer_report else None).as_dict()
     vector.provenance = provenance(gate_fit.method, best.direction, steer_layers, rlayers,
                                    langs, counts, cfg.seed, data_info)
-    vector.extra = summary(report)
+    report["languages"] = languages
+    vector.extra = {**summary(report), **({"language_gate": languages} if languages else {})}
     return FitResult(vector, report, layer_report)
 
 

@@ -1,0 +1,68 @@
+"""``lasa calibrate VECTOR MODEL -o OUT``: make a vector's gate language-aware.
+
+Adds language centroids and a threshold per language (at ``--fpr`` on each language's
+harmless PolyRefuse validation prompts) to an existing vector file, without refitting its
+directions (see :mod:`lasa_steer.fit.languages`). ``--action`` also sets the file's
+default action (e.g. ``refuse``: the reply of a fired row is a refusal sentence in the
+prompt's language)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+from ..types import ACTIONS
+from .common import MODEL_HELP
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="add per-language gate thresholds to a vector file")
+    p.add_argument("vector", help="the vector file to calibrate")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("-o", "--out", required=True, help="where to write the calibrated file")
+    p.add_argument("--fpr", type=float, default=0.02,
+                   help="false-positive target per language (default 0.02)")
+    p.add_argument("--lid-layer", type=int, default=None,
+                   help="block whose mean state identifies the language (default ~27%% depth)")
+    p.add_argument("--per-language", type=int, default=40,
+                   help="training prompts per language for the centroids (default 40)")
+    p.add_argument("--val-limit", type=int, default=None,
+                   help="validation prompts per language and label (default: all)")
+    p.add_argument("--action", choices=ACTIONS, default=None,
+                   help="also set the file's default action")
+    p.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..fit.data import load_polyrefuse
+    from ..fit.languages import calibrate_languages
+    from ..model.loading import load_model
+    from ..vector.file import SteeringVector
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    vector = SteeringVector.load(args.vector)
+    model, tok = load_model(args.model)
+    vector.check_model(model)
+    train = load_polyrefuse(args.data_dir, "train")
+    val = load_polyrefuse(args.data_dir, "val", limit=args.val_limit)
+    out, report = calibrate_languages(model, tok, vector, train, val, args.fpr, args.lid_layer,
+                                      args.per_language)
+    if args.action:
+        out = replace(out, default_action=args.action,
+                      default_strength=0.0 if args.action in ("prefix", "refuse")
+                      else out.default_strength)
+    report["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    out.extra = {**out.extra, "language_gate": report}
+    path = out.save(args.out)
+    print(f"wrote {path}: language ID accuracy {report['lid_accuracy']:.3f} on validation, "
+          f"block {report['lid_layer']}, {report['wall_time_s']:.0f} s")
+    print(json.dumps(report["per_language"], indent=1))
+    return 0
