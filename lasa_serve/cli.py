@@ -47,6 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="request body limit in bytes (default 1 MiB)")
     p.add_argument("--max-model-len", type=int, default=None,
                    help="context window in tokens (default: the model's)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="longest prompt (or moderation input) in tokens; longer is a 400 "
+                   "(default: the context)")
+    p.add_argument("--max-batch-tokens", type=int, default=2048,
+                   help="tokens one model step may run: decode rows plus prompt prefill; "
+                   "longer prompts are prefilled in chunks between decode steps (default 2048)")
+    p.add_argument("--max-moderation-inputs", type=int, default=64,
+                   help="most texts in one /v1/moderations request (default 64)")
     p.add_argument("--default-max-tokens", type=int, default=512,
                    help="max_tokens when a request gives none (default 512)")
     p.add_argument("--max-tokens-limit", type=int, default=None,
@@ -68,7 +76,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         default_strength=args.default_strength,
         max_batch=args.max_batch, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
         max_model_len=args.max_model_len, default_max_tokens=args.default_max_tokens,
-        max_tokens_limit=args.max_tokens_limit,
+        max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
+        max_batch_tokens=args.max_batch_tokens,
+        max_moderation_inputs=args.max_moderation_inputs,
         dtype=args.dtype, device=args.device, threads=args.threads)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,6 +25,7 @@ from .serving.chat import ChatFlavor, chat_prompt
 from .serving.completion import TextFlavor, completion_prompts
 from .serving.generation import Generation
 from .serving.moderation import moderate
+from .vectors import NAME_RE
 
 log = logging.getLogger("lasa.server")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -41,7 +42,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
     app.add_exception_handler(Exception, errors.unexpected_handler)
     app.add_middleware(GuardMiddleware, runtime=rt)
-    _document_model_enum(app, rt)
+    _document_config(app, rt)
     _info_routes(app, rt)
     _vector_routes(app, rt)
     _api_routes(app, rt)
@@ -80,7 +81,8 @@ def _vector_routes(app: FastAPI, rt: Runtime) -> None:
         return {"object": "list", "data": data}
 
     @app.post("/v1/steering/vectors/{name}/load", responses={**ERRORS, 403: ERRORS[400]})
-    async def load_vector(name: str, request: Request) -> dict[str, Any]:
+    async def load_vector(name: Annotated[str, Path(max_length=128, pattern=NAME_RE.pattern)],
+                          request: Request) -> dict[str, Any]:
         _check_admin(rt, request)
         try:
             await asyncio.to_thread(rt.vectors.load, name)
@@ -121,8 +123,9 @@ def _api_routes(app: FastAPI, rt: Runtime) -> None:
 
 
 # --------------------------------------------------------------------- helpers
-def _document_model_enum(app: FastAPI, rt: Runtime) -> None:
-    """The schema says which model id this server accepts (the one it serves)."""
+def _document_config(app: FastAPI, rt: Runtime) -> None:
+    """The schema says what this server's configuration accepts: the model id it serves and
+    the most moderation inputs (``--max-moderation-inputs``)."""
     base = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -133,6 +136,11 @@ def _document_model_enum(app: FastAPI, rt: Runtime) -> None:
                     "properties", {})
                 if "model" in props:
                     props["model"]["enum"] = [rt.model_name]
+            moderation = schema.get("components", {}).get("schemas", {}).get(
+                "ModerationRequest", {}).get("properties", {}).get("input", {})
+            for branch in moderation.get("anyOf", ()):
+                if branch.get("type") == "array":
+                    branch["maxItems"] = rt.config.max_moderation_inputs
             app.openapi_schema = schema
         return app.openapi_schema
 

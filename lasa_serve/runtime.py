@@ -44,7 +44,8 @@ class ServerConfig:
     default_strength: float | None = None  # None: the vector file's default
     max_batch: int = 32
     max_n: int = 16
-    max_prefill_tokens: int = 8192
+    max_batch_tokens: int = 2048  # tokens one worker iteration runs (decode rows + prefill)
+    max_prompt_tokens: int | None = None  # None: the context less one token
     max_body_bytes: int = 1 << 20
     max_model_len: int | None = None
     default_max_tokens: int = 512
@@ -90,7 +91,7 @@ class Runtime:
         self.engine = SteeringEngine(model)
         self.scheduler = Scheduler(model, tokenizer, self.engine, self.metrics,
                                    max_batch=config.max_batch,
-                                   max_prefill_tokens=config.max_prefill_tokens)
+                                   max_batch_tokens=config.max_batch_tokens)
         self.log_startup()
 
     def log_startup(self) -> None:

@@ -1,12 +1,15 @@
 """The model worker: one thread that owns the model and runs an iteration-level scheduler.
 
 Each iteration it (1) runs queued side tasks (moderation scoring, vector checks), (2) drops
-rows whose client went away, (3) admits waiting requests: their prompts are prefilled
-together (left padding, positions from the mask, the gate decided in that pass) and their
-KV caches are merged into the running batch, (4) runs one decode step for every running
-row, each row with its own steering (a :class:`~lasa_steer.BatchState` row), and (5) drops
-finished rows. Requests therefore share forward passes whatever their vectors, strengths
-or modes, and a request's greedy output does not depend on its neighbours.
+rows whose client went away, (3) admits waiting requests within the iteration's token
+budget (``max_batch_tokens`` less one token per running row): their prompts are prefilled
+together (left padding, positions from the mask, the gate decided in that pass), or a prompt
+longer than the budget is prefilled one chunk per iteration (:mod:`lasa_serve.prefill`),
+and finished prompts' KV caches are merged into the running batch, (4) runs one decode step
+for every running row, each row with its own steering (a :class:`~lasa_steer.BatchState`
+row), and (5) drops finished rows. Requests therefore share forward passes whatever their
+vectors, strengths or modes, a request's greedy output does not depend on its neighbours,
+and a long prompt delays the running streams by one chunk per token, not by its prefill.
 
 Results go back to the web side through each job's ``emit`` callback (thread-safe), one
 call per iteration with a list of events.
@@ -17,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import inspect
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -28,11 +30,11 @@ from transformers import DynamicCache
 
 from lasa_steer import BatchState, SteeringEngine
 from lasa_steer.steering.rows import OFF
-from lasa_steer.tensors import left_pad, position_ids
 
 from . import kv
 from .jobs import Event, Job, Row
 from .metrics import Metrics
+from .prefill import MIN_CHUNK, Prefill, eos_ids, fail_jobs
 from .sampling import pick_all
 from .textstream import TextStream
 
@@ -43,15 +45,15 @@ class Scheduler:
     """Owns ``model`` (and its :class:`SteeringEngine`) on a background thread."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, engine: SteeringEngine,
-                 metrics: Metrics, max_batch: int = 32, max_prefill_tokens: int = 8192):
+                 metrics: Metrics, max_batch: int = 32, max_batch_tokens: int = 2048):
         self.model = model
         self.tok = tokenizer
         self.engine = engine
         self.metrics = metrics
         self.max_batch = max_batch
-        self.max_prefill_tokens = max_prefill_tokens
+        self.max_batch_tokens = max_batch_tokens
         self.device = next(model.parameters()).device
-        self.eos = self._eos_ids(model, tokenizer)
+        self.eos = eos_ids(model, tokenizer)
         # transformers >= 5.24 names the KV-cache argument ``cache``; earlier ones
         # ``past_key_values`` (an unknown keyword would be swallowed by **kwargs).
         params = inspect.signature(model.forward).parameters
@@ -63,22 +65,10 @@ class Scheduler:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
         self._state: BatchState | None = None
+        self._partial: Prefill | None = None  # a prompt being prefilled chunk by chunk
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="lasa-model-worker", daemon=True)
         self._thread.start()
-
-    @staticmethod
-    def _eos_ids(model: Any, tok: Any) -> set[int]:
-        ids: set[int] = set()
-        for src in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-            value = getattr(src, "eos_token_id", None)
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, (list, tuple)):
-                ids.update(int(v) for v in value)
-        if tok.eos_token_id is not None:
-            ids.add(int(tok.eos_token_id))
-        return ids
 
     # ------------------------------------------------------------------ public (any thread)
     def submit(self, job: Job) -> None:
@@ -108,48 +98,59 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not (self._closing or self._waiting or self._tasks or self._rows):
+                while not (self._closing or self._waiting or self._tasks or self._rows
+                           or self._partial):
                     self._cv.wait()
                 if self._closing:
                     break
                 tasks = list(self._tasks)
                 self._tasks.clear()
-                admitted = self._admit()
+                admitted, long, budget = self._admit()
             for fn, fut in tasks:
                 self._run_task(fn, fut)
             try:
                 self._drop()
-                if admitted:
-                    self._prefill(admitted)
+                pre = self._begin([long] if long is not None else admitted)
+                if long is not None and pre is not None and pre.chunkable:
+                    self._partial, pre = pre, None  # over the budget: in chunks when exact
+                if self._partial is not None:
+                    self._prefill(self._partial, max(budget, MIN_CHUNK))
+                if pre is not None:
+                    self._prefill(pre)
                 if self._rows:
                     self._decode()
             except Exception as exc:  # never let one bad batch kill the worker
                 log.exception("model worker: batch failed; failing its requests")
                 self._fail_all(exc)
             self.metrics.set_load(len(self._rows), len(self._waiting))
-        for job in list(self._waiting):
+        for job in list(self._waiting) + (self._partial.jobs if self._partial else []):
             job.emit([{"type": "error", "status": 503, "message": "server shutting down"}])
 
-    def _admit(self) -> list[Job]:
-        """Waiting jobs that fit the batch (rows) and the prefill token budget; FIFO."""
+    def _admit(self) -> tuple[list[Job], Job | None, int]:
+        """Waiting jobs to prefill whole this iteration (FIFO, within the rows and the
+        iteration's token budget), a job whose prompt alone exceeds the budget (prefilled
+        in chunks, or whole and alone when its gate needs the whole prompt), and the budget
+        left for a chunk."""
         out: list[Job] = []
-        rows = len(self._rows)
-        tokens = 0
+        rows = len(self._rows) + (self._partial.rows if self._partial else 0)
+        budget = max(self.max_batch_tokens - len(self._rows), MIN_CHUNK)
         while self._waiting:
             job = self._waiting[0]
             if job.cancelled.is_set():
                 self._waiting.popleft()
                 continue
             size = len(job.prompt_ids)
-            if out and (rows + job.n > self.max_batch or tokens + size > self.max_prefill_tokens):
+            if rows + job.n > self.max_batch and (out or rows):
                 break
-            if not out and rows and rows + job.n > self.max_batch:
-                break
+            if size > budget:
+                if out or self._partial is not None:
+                    break
+                return out, self._waiting.popleft(), budget
             self._waiting.popleft()
             out.append(job)
             rows += job.n
-            tokens += size
-        return out
+            budget -= size
+        return out, None, budget
 
     def _run_task(self, fn: Callable[[], Any], fut: cf.Future) -> None:
         if not fut.set_running_or_notify_cancel():
@@ -161,42 +162,41 @@ class Scheduler:
             fut.set_exception(exc)
 
     # ------------------------------------------------------------------ prefill
-    def _prefill(self, jobs: list[Job]) -> None:
+    def _begin(self, jobs: list[Job]) -> Prefill | None:
+        """The prefill of ``jobs`` (None: no jobs, or their steering failed them alone)."""
+        if not jobs:
+            return None
         try:
-            ids, mask = left_pad([j.prompt_ids for j in jobs], self.tok.pad_token_id,
-                                 self.device)
-            cache = DynamicCache()
-            state = BatchState.new([j.steering for j in jobs])
-            self.engine.use(state)  # its gates are decided in this prompt pass
-            with torch.inference_mode():
-                out = self.model(input_ids=ids, attention_mask=mask,
-                                 position_ids=position_ids(mask), use_cache=True,
-                                 logits_to_keep=1, **{self._cache_kw: cache})
+            return Prefill.start(jobs, self.tok.pad_token_id, self.device)
         except Exception as exc:
-            log.exception("prefill of %d request(s) failed", len(jobs))
-            self.engine.use(self._state)
-            for j in jobs:
-                j.emit([{"type": "error", "status": 500,
-                         "message": f"generation failed: {type(exc).__name__}"}])
+            log.exception("steering of %d request(s) failed", len(jobs))
+            fail_jobs(jobs, exc)
+            return None
+
+    def _prefill(self, pre: Prefill, budget: int | None = None) -> None:
+        """Run ``pre`` whole (``budget`` None) or its next chunk; join its rows when done."""
+        if pre is self._partial and pre.cancelled:
+            self._partial = None
             return
-        for i, j in enumerate(jobs):
-            score = float(state.scores[i])
-            j.score = None if math.isnan(score) else score
-            j.fired = bool(state.fired[i])
-            j.language = state.langs[i]
-            if j.steering.mode != "off":
-                self.metrics.gate(j.fired, evaluated=j.steering.mode == "gate")
-        index = [i for i, j in enumerate(jobs) for _ in range(j.n)]
-        cache, mask = kv.select(cache, mask, index)
-        state = state.select(index)
-        logits = out.logits[:, -1, :].index_select(0, torch.as_tensor(index, device=self.device))
+        try:
+            if not pre.step(self.model, self.engine, self._cache_kw, budget):
+                return
+        except Exception as exc:
+            log.exception("prefill of %d request(s) failed", len(pre.jobs))
+            fail_jobs(pre.jobs, exc)
+            self._partial = None if pre is self._partial else self._partial
+            return
+        finally:
+            self.engine.use(self._state)
+        if pre is self._partial:
+            self._partial = None
+        index = pre.report(self.metrics)
+        cache, mask = kv.select(pre.cache, pre.mask, index)
+        state = pre.state.select(index)
+        assert pre.logits is not None
+        logits = pre.logits.index_select(0, torch.as_tensor(index, device=self.device))
         new_rows = [Row(job=j, index=k, sampler=j.samplers[k], text=TextStream(self.tok, j.stop))
-                    for j in jobs for k in range(j.n)]
-        for j in jobs:
-            j.open_rows = j.n
-            self.metrics.prompt_tokens(len(j.prompt_ids))
-            j.emit([{"type": "steering", "score": j.score, "fired": j.fired,
-                     "language": j.language, "prompt_tokens": len(j.prompt_ids)}])
+                    for j in pre.jobs for k in range(j.n)]
         self._cache, self._mask = kv.merge(self._cache, self._mask, cache, mask)
         self._state = state if self._state is None or not self._rows else \
             BatchState.concat([self._state, state])

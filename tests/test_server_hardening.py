@@ -183,3 +183,49 @@ def test_openapi_schema_states_enforced_limits(live):
 ])
 def test_schema_violations_name_the_field(live, path, body, param):
     _error(live[0].post(path, json=body), 400, param)
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions", {"model": MODEL, "messages": [
+        {"role": "user", "content": "one two three four five six seven eight nine ten"}]},
+     "messages"),
+    ("/v1/completions", {"model": MODEL, "prompt": [[20, 21], list(range(20, 40))]}, "prompt"),
+    ("/v1/moderations", {"input": ["hi", "one two three four five six seven eight nine"]},
+     "input"),
+], ids=["chat", "completion", "moderation"])
+def test_prompt_longer_than_max_prompt_tokens_is_a_400(live, path, body, param):
+    rt = live[1]
+    rt.config.max_prompt_tokens = 8
+    try:
+        err = _error(live[0].post(path, json=body), 400, param)
+    finally:
+        rt.config.max_prompt_tokens = None
+    assert err["code"] == "context_length_exceeded", err
+    assert live[0].post(path, json={**body, "max_tokens": 1} if "moder" not in path
+                        else {"input": "hi"}).status_code == 200
+
+
+def test_limit_flags_reach_the_config():
+    import argparse
+
+    from lasa_serve.cli import config_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--max-prompt-tokens", "100", "--max-batch-tokens",
+                              "256", "--max-moderation-inputs", "3"])
+    config = config_from_args(args)
+    assert (config.max_prompt_tokens, config.max_batch_tokens,
+            config.max_moderation_inputs) == (100, 256, 3)
+
+
+def test_schema_states_vector_name_pattern_and_moderation_count(live):
+    client, rt = live[0], live[1]
+    spec = client.get("/openapi.json").json()
+    params = spec["paths"]["/v1/steering/vectors/{name}/load"]["post"]["parameters"]
+    assert params[0]["name"] == "name" and params[0]["schema"]["pattern"]
+    listed = [b for b in spec["components"]["schemas"]["ModerationRequest"]["properties"][
+        "input"]["anyOf"] if b.get("type") == "array"]
+    assert listed[0]["maxItems"] == rt.config.max_moderation_inputs
+    too_many = {"input": ["hi"] * (rt.config.max_moderation_inputs + 1)}
+    _error(client.post("/v1/moderations", json=too_many), 400, "input")

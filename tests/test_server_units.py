@@ -181,3 +181,32 @@ def test_metrics_render():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_chunked_prefill_matches_whole_prefill():
+    """A prompt longer than the step budget is prefilled in chunks between decode steps:
+    greedy outputs are those of a whole prefill (steering 'always' steers every chunk, a
+    forced 'prefix' opener starts at its first token) and a gate row is prefilled whole."""
+    from lasa_steer.steering.openers import Openers
+    from lasa_serve.prefill import MIN_CHUNK
+
+    model = make_tiny("llama")
+    vec = make_vector(model, gate_layer=1, threshold=-1e9, norm=20.0)
+    openers = Openers({"en": (7, 8, 9)}, None)
+    settings = [RowSteering(mode="off"), RowSteering(vec, 0.5, "always"),
+                RowSteering(vec, 0.5, "always", "prefix", openers=openers),
+                RowSteering(vec, 1.0, "gate")]
+    long = [3 + (i * 7) % 40 for i in range(5 * MIN_CHUNK + 3)]
+    specs = [([5, 6, 7], settings[0], 30)] + [(long, s, 6) for s in settings]
+    outs = []
+    for budget in (10_000, MIN_CHUNK):
+        engine = SteeringEngine(model)
+        sched = Scheduler(model, CharTok(), engine, Metrics(), max_batch=8,
+                          max_batch_tokens=budget)
+        try:
+            outs.append(_run_jobs(sched, specs, join_after=1))
+        finally:
+            sched.close()
+            engine.remove()
+    assert outs[0] == outs[1]
+    assert outs[1][3].startswith("hij")  # the forced opener 7, 8, 9

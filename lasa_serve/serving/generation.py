@@ -60,12 +60,17 @@ class Generation:
         self.max_tokens: list[int] = []
         for i, ids in enumerate(prompts):
             room = rt.context - len(ids)
+            which = f"prompt{f'[{i}]' if len(prompts) > 1 else ''}"
             if room < 1:
                 raise APIError(400, f"this model's context window is {rt.context} tokens; the "
-                               f"prompt{f'[{i}]' if len(prompts) > 1 else ''} has {len(ids)} "
-                               "tokens, leaving no "
+                               f"{which} has {len(ids)} tokens, leaving no "
                                "room to generate", param=flavor.prompt_param,
                                code="context_length_exceeded")
+            limit = rt.config.max_prompt_tokens
+            if limit and len(ids) > limit:
+                raise APIError(400, f"the {which} has {len(ids)} tokens; this server takes "
+                               f"prompts of at most {limit} tokens (--max-prompt-tokens)",
+                               param=flavor.prompt_param, code="context_length_exceeded")
             want = max_tokens if max_tokens is not None else rt.config.default_max_tokens
             if rt.config.max_tokens_limit:
                 want = min(want, rt.config.max_tokens_limit)

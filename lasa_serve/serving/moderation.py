@@ -44,9 +44,11 @@ async def moderate(rt: Runtime, req: ModerationRequest) -> ModerationResponse:
         raise APIError(400, f"vector {name!r} has no gate", param="model")
     for i, text in enumerate(inputs):
         n = len(tokenize(rt, text, "input" if isinstance(req.input, str) else f"input.{i}"))
-        if n + 64 > rt.context:
-            raise APIError(400, f"input[{i}]: {n} tokens exceed the context window of "
-                           f"{rt.context} tokens", param="input", code="context_length_exceeded")
+        limit = min(rt.context - 64, rt.config.max_prompt_tokens or rt.context)
+        if n > limit:
+            raise APIError(400, f"input[{i}]: {n} tokens exceed the limit of {limit} tokens "
+                           "(the context window less 64, or --max-prompt-tokens)",
+                           param="input", code="context_length_exceeded")
     fut = rt.scheduler.call(lambda: score_texts(rt.model, rt.tok, vector, inputs))
     results = await asyncio.wrap_future(fut)
     rt.metrics.gate_scored(len(results), sum(r.flagged for r in results))
