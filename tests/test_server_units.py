@@ -210,3 +210,34 @@ def test_chunked_prefill_matches_whole_prefill():
             engine.remove()
     assert outs[0] == outs[1]
     assert outs[1][3].startswith("hij")  # the forced opener 7, 8, 9
+
+
+def test_unusable_steering_fails_its_request_alone():
+    """A job whose steering cannot be resolved gets an error; the running stream goes on."""
+    model = make_tiny("llama")
+    vec = make_vector(model, gate_layer=1, threshold=-1e9, norm=20.0)
+    engine = SteeringEngine(model)
+    sched = Scheduler(model, CharTok(), engine, Metrics(), max_batch=8, max_batch_tokens=16)
+    events: dict[int, list[str]] = {0: [], 1: []}
+    finished = threading.Event()
+
+    def emitter(k):
+        def emit(evs):
+            events[k].extend(e["type"] for e in evs)
+            if all(set(v) & {"done", "error"} for v in events.values()):
+                finished.set()
+        return emit
+
+    bad = RowSteering(vec, 1.0, "always", direction="nope")
+    jobs = [Job(id=str(k), prompt_ids=prompt, max_tokens=8,
+                samplers=[make_sampler(0.0, 1.0, None)], emit=emitter(k), steering=s)
+            for k, (prompt, s) in enumerate([([5, 6, 7], RowSteering(mode="off")),
+                                             ([5] * 40, bad)])]
+    try:
+        sched.submit(jobs[0])
+        sched.submit(jobs[1])
+        assert finished.wait(60)
+        assert events[1] == ["error"] and events[0][-1] == "done"
+    finally:
+        sched.close()
+        engine.remove()
