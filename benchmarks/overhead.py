@@ -48,7 +48,7 @@ def main() -> None:
         model.generate(**enc, **kw)  # warm-up
         for _ in range(args.repeats):
             for name in ("vanilla", "steered"):
-                handle = steer(model, vec, strength=1e-3, mode="gate") if name == "steered" else None
+                handle = steer(model, vec, strength=1e-3, mode="gate", action="add") if name == "steered" else None
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     model.generate(**enc, **kw)

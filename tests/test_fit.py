@@ -310,3 +310,26 @@ def test_shipped_vector_english_gate_auroc_multijail(smollm2):
     # measured 0.905 (gate at block 17, whitened direction); MultiJail's conversational and
     # hate-speech questions differ from PolyRefuse's imperative requests, see docs/fit.md
     assert auroc(s_h, s_s) >= 0.9
+
+
+@pytest.mark.slow
+def test_shipped_vector_identifies_validation_languages(smollm2):
+    """The language rule of the shipped (language-aware) gate: nearest centroid of the mean
+    state at its ``lid_layer``, on the validation prompts its thresholds were set on (100
+    harmless + 39 harmful per language, 14 languages). Measured 0.955 by ``lasa calibrate``."""
+    root = require_shared_data()
+    from lasa_steer.capture import capture
+    from lasa_steer.fit.data import load_polyrefuse
+    from lasa_steer.steering.gate import identify
+
+    vec = SteeringVector.load(SHIPPED)
+    if not vec.gate.language_aware:
+        pytest.skip("the shipped vector has no language-aware gate")
+    model, tok = smollm2
+    val = load_polyrefuse(root, "val", limit=100)
+    point = ("resid_post", vec.gate.lid_layer)
+    states = capture(model, tok, [e.text for e in val], [point], pooling="mean",
+                     progress=False)[point]
+    found = identify(vec.gate, states, len(val))
+    accuracy = sum(f == e.lang for f, e in zip(found, val)) / len(val)
+    assert accuracy >= 0.95

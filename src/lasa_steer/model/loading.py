@@ -85,6 +85,8 @@ def load_model(name_or_path: str, dtype: torch.dtype | str | None = None,
     model.to(dev)
     model.eval()
     model.lasa_model_name = display  # type: ignore[attr-defined]
+    # steer() writes refusal openers with it when no tokenizer is passed
+    model.lasa_tokenizer = tokenizer  # type: ignore[attr-defined]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -177,13 +177,15 @@ def steer(model: nn.Module, vector: SteeringVector | str | os.PathLike[str],
     ``allow_mismatch`` permits a vector made for another model of the same hidden size.
     ``action="prefix"`` opens a fired row's reply with a refusal sentence in the prompt's
     language and lets the model continue (steered with ``add`` at ``strength``, default 0);
-    ``action="refuse"`` makes that sentence the whole reply. Both need ``tokenizer``; the
-    text is forced through the LM head's logits, so plain ``model.generate`` returns it.
+    ``action="refuse"`` makes that sentence the whole reply. Both need ``tokenizer`` (default:
+    the one :func:`~lasa_steer.load_model` attached to the model); the text is forced
+    through the LM head's logits, so plain ``model.generate`` returns it.
     """
     vec = vector if isinstance(vector, SteeringVector) else SteeringVector.load(vector)
     vec.check_model(model, blocks=blocks, allow_mismatch=allow_mismatch)
     engine = SteeringEngine(model, blocks=blocks)
     requests = PromptRequests(engine)
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "lasa_tokenizer", None)
     openers = None if tokenizer is None else Openers.for_tokenizer(tokenizer, end_of_turn(model))
     try:
         requests.configure(rows_for(vec, strength, mode, action, layers, direction, openers))
