@@ -20,10 +20,11 @@ width = enc.input_ids.shape[1]
 plain = model.generate(**enc, max_new_tokens=40, do_sample=False)
 with steer(model, VECTOR) as handle:  # gate at the bottleneck, file's default action
     steered = model.generate(**enc, max_new_tokens=40, do_sample=False)
-    scores, fired = handle.scores, handle.fired
+    scores, fired, langs = handle.scores, handle.fired, handle.langs
 
 for i, prompt in enumerate(PROMPTS):
-    print(f"\n> {prompt}\n  gate score {scores[i]:.2f} (threshold {handle.threshold:.2f}), "
-          f"fired={bool(fired[i])}")
+    threshold = handle.vector.gate.threshold_for(langs[i])  # the identified language's
+    print(f"\n> {prompt}\n  language {langs[i]}, gate score {scores[i]:.2f} (threshold "
+          f"{threshold:.2f}), fired={bool(fired[i])}")
     print("  plain:  ", tok.decode(plain[i, width:], skip_special_tokens=True)[:160])
     print("  steered:", tok.decode(steered[i, width:], skip_special_tokens=True)[:160])

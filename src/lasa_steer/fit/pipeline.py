@@ -136,7 +136,9 @@ class GateFit:
 def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequence[Example],
         config: FitConfig | None = None, judge: Callable[[str, str], bool] | None = None,
         data_info: dict[str, Any] | None = None) -> FitResult:
-    """Fit a gated refusal vector for ``model`` (see the module docstring)."""
+    """Fit a gated refusal vector for ``model`` (see the module docstring). Longer than 60
+    lines on purpose: it is the pipeline's table of contents, one named step per line in
+    the order of the module docstring; splitting it would hide that order."""
     cfg = config or FitConfig()
     torch.manual_seed(cfg.seed)
     check_labels(train, "train")
