@@ -7,8 +7,9 @@ harmful prompts of those languages. Here each language of the fit gets the thres
 gives the target false-positive rate on *its own* harmless validation prompts, and a prompt's
 language is read from the model itself: the nearest centroid of the mean state over the
 prompt at an early block (``lid_layer``; states there still cluster by language, unlike at
-the bottleneck, where they are meant not to). Prompts of a language without a threshold of
-its own keep the pooled threshold (conservative: the English-heavy scale is not assumed).
+the bottleneck, where they are meant not to). A language with a centroid but no harmless
+validation prompts keeps the pooled threshold; a prompt in a language without a centroid is
+identified as its nearest fit language and takes that threshold (no distance check yet).
 """
 
 from __future__ import annotations

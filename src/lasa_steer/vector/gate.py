@@ -21,9 +21,10 @@ class Gate:
     state of each of ``languages`` at block ``lid_layer`` (``resid_post``, mean over the
     prompt's real tokens), where a prompt's language is read as the nearest centroid, and
     ``thresholds``: a threshold per language, set on that language's harmless validation
-    prompts at false-positive rate ``fpr``. A prompt whose language has no threshold of
-    its own (a language known only from parallel text, or none) gets ``threshold``, the one
-    set on every harmless validation prompt pooled. See :mod:`lasa_steer.steering.gate`."""
+    prompts at false-positive rate ``fpr``. A prompt identified as a language without a
+    threshold of its own gets ``threshold``, the one set on every harmless validation prompt
+    pooled; a prompt in a language without a centroid is identified as the nearest one
+    (there is no distance check). See :mod:`lasa_steer.steering.gate`."""
 
     layer: int
     direction: torch.Tensor
