@@ -39,6 +39,7 @@ def main() -> None:
     vec.directions = {"bench": {b: next(iter(vec.direction().values())) for b in after}}
     vec.default_direction = "bench"
     vec.gate.threshold = -1e9
+    vec.gate.thresholds = {lang: -1e9 for lang in vec.gate.thresholds}  # language-aware gate
     for batch in (1, 8):
         texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                          add_generation_prompt=True) for p in PROMPTS[:batch]]
