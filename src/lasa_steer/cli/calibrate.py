@@ -55,10 +55,8 @@ def run(args: argparse.Namespace) -> int:
     val = load_polyrefuse(args.data_dir, "val", limit=args.val_limit)
     out, report = calibrate_languages(model, tok, vector, train, val, args.fpr, args.lid_layer,
                                       args.per_language)
-    if args.action:
-        out = replace(out, default_action=args.action,
-                      default_strength=0.0 if args.action in ("prefix", "refuse")
-                      else out.default_strength)
+    if args.action:  # the calibrated strength stays: it is what action 'add' uses
+        out = replace(out, default_action=args.action)
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
     out.extra = {**out.extra, "language_gate": report}
     path = out.save(args.out)

@@ -48,8 +48,10 @@ def describe(vector: SteeringVector) -> str:
         more = " ..." if len(blocks) > 6 else ""
         lines.append(f"direction    {name!r} at {vector.site} of blocks {blocks} "
                      f"(norms {norms}{more})")
+    note = " (for add; refuse/prefix open with a sentence)" if vector.default_action in (
+        "prefix", "refuse") else ""
     lines.append(f"defaults     action {vector.default_action}, strength "
-                 f"{vector.default_strength:.4g}, direction {vector.default_direction!r}")
+                 f"{vector.default_strength:.4g}{note}, direction {vector.default_direction!r}")
     for key, value in sorted(meta["provenance"].items()):
         if key != "tool_version":
             text = json.dumps(value) if not isinstance(value, str) else value

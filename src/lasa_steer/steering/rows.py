@@ -12,16 +12,15 @@ from .openers import Openers
 
 
 def default_strength(vector: SteeringVector, action: str) -> float:
-    """The file's strength for its own action and for ``add``; 1.0 (all of the component)
-    for ``project``/``clamp`` and 0.0 (the opener alone) for ``prefix``/``refuse`` when the
-    file was calibrated for another action."""
-    if action == vector.default_action:
+    """The file's strength (its calibrated ``add`` strength) for ``add`` and for the file's
+    own action; 0.0 (the opener alone, no steering of the continuation) for
+    ``prefix``/``refuse``; 1.0 (all of the component) for ``project``/``clamp`` when the file
+    was calibrated for another action."""
+    if action == "add":
         return vector.default_strength
     if action in OPENER_ACTIONS:
         return 0.0
-    if action == "add":
-        return vector.default_strength if vector.default_action not in OPENER_ACTIONS else 1.0
-    return 1.0
+    return vector.default_strength if action == vector.default_action else 1.0
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
