@@ -114,7 +114,7 @@ def english_gate(model, tok, vector, data_dir, items_states):
     d = d / d.norm()
     v = capture(model, tok, [e.text for e in va], [point], progress="english gate: val")[point]
     thr = threshold_for_fpr(v @ d, 0.02)
-    return items_states[point] @ d, thr
+    return {"threshold": thr, "scores": (items_states[point] @ d).tolist()}
 
 
 def main() -> None:
@@ -168,10 +168,9 @@ def main() -> None:
         results.append({"method": "system-prompt", "point": "-",
                         **dict(zip(("asr", "over"), rates(items, judged(items, texts))))})
     # gate methods: rows that fire get the opener; others keep the unsteered reply
-    en = cache.get(f"english-gate|{tag}|{vector.gate.layer}", lambda: [
-        x if isinstance(x, float) else x.tolist() for x in english_gate(model, tok, vector, data,
-                                                                        states)][::-1])
-    en_thr, en_scores = en[0], torch.tensor(en[1])
+    en = cache.get(f"english-gate|{tag}|{vector.gate.layer}",
+                   lambda: english_gate(model, tok, vector, data, states))
+    en_thr, en_scores = en["threshold"], torch.tensor(en["scores"])
     thr = torch.tensor([vector.gate.threshold_for(l) for l in gate.langs])
     pooled = vector.gate.threshold  # one threshold for every language (the format-1 gate)
     prefix_all = None if "lasa-prefix" in skip else cache.get(

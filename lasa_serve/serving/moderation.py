@@ -19,11 +19,10 @@ def score_texts(model: Any, tok: Any, vector: Any, texts: Sequence[str]
     """One result per text, from :func:`lasa_steer.capture.gate_decisions` (THE gate
     decision, with each text's language for a language-aware gate)."""
     d = gate_decisions(model, tok, vector, list(texts))
-    langs = d.langs or (None,) * len(texts)
     return [ModerationResult(flagged=bool(f), categories={"harmful": bool(f)},
                              category_scores={"harmful": float(s)}, score=float(s),
                              threshold=vector.gate.threshold_for(lang), language=lang)
-            for s, f, lang in zip(d.scores.tolist(), d.fired.tolist(), langs)]
+            for s, f, lang in zip(d.scores.tolist(), d.fired.tolist(), d.langs)]
 
 
 async def moderate(rt: Runtime, req: ModerationRequest) -> ModerationResponse:

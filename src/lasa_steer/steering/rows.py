@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from ..errors import SteeringConfigError
 from ..types import ACTIONS, MODES, OPENER_ACTIONS, Mode, Point, point_order
 from ..vector.file import SteeringVector
+from .gate import lid_point
 from .openers import Openers
 
 
@@ -103,10 +104,9 @@ class RowSteering:
 
     def lid_point(self) -> Point | None:
         """Where a language-aware gate reads the prompt's language (before the gate)."""
-        gate = self.vector.gate if self.gate_point() is not None else None  # type: ignore[union-attr]
-        if gate is None or not gate.language_aware:
+        if self.gate_point() is None:
             return None
-        return ("resid_post", gate.lid_layer)  # type: ignore[return-value]
+        return lid_point(self.vector.gate)  # type: ignore[union-attr, arg-type]
 
     @property
     def forces_opener(self) -> bool:

@@ -64,7 +64,7 @@ def _update_of(rows: Sequence[RowSteering], point: Point, hidden: int,
         any_row = True
         vec = r.vector.direction(r.direction)[point[1]].float()  # type: ignore[union-attr]
         s = float(r.strength or 0.0)
-        if r.action in ("add", "prefix"):
+        if r.action in ("add", "prefix"):  # a prefix row's continuation is steered by add
             u[i], alpha[i] = vec, s
             continue
         u[i], beta[i] = vec / vec.norm(), -s
@@ -72,7 +72,6 @@ def _update_of(rows: Sequence[RowSteering], point: Point, hidden: int,
             alpha[i] = s * r.vector.clamp_targets[r.direction][point[1]]  # type: ignore
     if not any_row:
         return None
-    # prefix rows continue with ``add`` of the direction (u, alpha) like an add row
     return Update(u.to(device), alpha.to(device), beta.to(device), bool((beta != 0).any()))
 
 
