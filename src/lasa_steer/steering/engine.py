@@ -126,17 +126,7 @@ class SteeringEngine:
         upd = plan.update
         if upd is None:
             return None
-        active = state.fired.to(hidden.device)
-        alpha = upd.alpha * active
-        beta = upd.beta * active
-        if not bool(((alpha != 0) | (beta != 0)).any()):
-            return None
-        coef = alpha[:, None].expand(-1, hidden.shape[1])
-        if upd.needs_proj:
-            proj = torch.einsum("bth,bh->bt", hidden.float(), upd.u)
-            coef = coef + beta[:, None] * proj
-        delta = coef[:, :, None] * upd.u[:, None, :]
-        return hidden + delta.to(hidden.dtype)
+        return upd.apply(hidden, state.fired.to(hidden.device))
 
     @staticmethod
     def _read_gates(state: BatchState, plan: PointPlan, hidden: torch.Tensor) -> None:

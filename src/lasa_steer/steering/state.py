@@ -42,6 +42,29 @@ class Update:
     beta: torch.Tensor  # [B]
     needs_proj: bool  # some beta is non-zero: <h, u> must be computed
 
+    def rows(self, index: torch.Tensor) -> "Update":
+        """The coefficients of the rows ``index`` (e.g. one per token of a flattened batch)."""
+        return Update(self.u[index], self.alpha[index], self.beta[index], self.needs_proj)
+
+    def apply(self, hidden: torch.Tensor, active: torch.Tensor,
+              ref: torch.Tensor | None = None) -> torch.Tensor | None:
+        """THE steering update, for every engine: ``hidden [B, T, H] + (alpha + beta *
+        <ref, u>) * u`` on the rows where ``active [B]`` is set, with ``ref`` the residual
+        stream the component is read from (default ``hidden``; vLLM passes the block output
+        when ``hidden`` is only its first part). None when no active row has a non-zero
+        coefficient (the caller leaves the hidden states untouched)."""
+        alpha = self.alpha * active
+        beta = self.beta * active
+        if not bool(((alpha != 0) | (beta != 0)).any()):
+            return None
+        coef = alpha[:, None].expand(-1, hidden.shape[1])
+        if self.needs_proj:
+            src = hidden if ref is None else ref
+            proj = torch.einsum("bth,bh->bt", src.float(), self.u)
+            coef = coef + beta[:, None] * proj
+        delta = coef[:, :, None] * self.u[:, None, :]
+        return hidden + delta.to(hidden.dtype)
+
 
 @dataclass(frozen=True)
 class PointPlan:
@@ -53,8 +76,10 @@ class PointPlan:
     lid_rows: torch.Tensor | None = None  # long [k], CPU: rows whose language is read here
 
 
-def _update_of(rows: Sequence[RowSteering], point: Point, hidden: int,
+def update_of(rows: Sequence[RowSteering], point: Point, hidden: int,
                device: torch.device) -> Update | None:
+    """The update at ``point`` of each of ``rows`` (the one mapping of actions to
+    coefficients; None when no row steers there)."""
     b = len(rows)
     u, alpha, beta = torch.zeros(b, hidden), torch.zeros(b), torch.zeros(b)
     any_row = False
@@ -162,7 +187,7 @@ class BatchState:
         """The plan at ``point`` (None: nothing to do there), built once per state."""
         if point not in self._plans:
             gates = _gates_of(self.rows, point)
-            update = _update_of(self.rows, point, hidden, device)
+            update = update_of(self.rows, point, hidden, device)
             lid = _lid_rows_of(self.rows, point)
             self._plans[point] = PointPlan(gates, update, lid) \
                 if gates or update or lid is not None else None

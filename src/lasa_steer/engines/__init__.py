@@ -1,0 +1,1 @@
+"""Other inference engines that run lasa vector files (optional extras): :mod:`.vllm`."""

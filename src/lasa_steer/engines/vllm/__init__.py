@@ -1,0 +1,82 @@
+"""lasa vector files inside vLLM (``pip install -e '.[vllm]'``; tested on vLLM 0.32, CPU).
+
+Usage (see docs/vllm.md)::
+
+    from vllm import LLM, SamplingParams
+    from lasa_steer.engines import vllm as lasa_vllm
+
+    llm = LLM(model=folder, **lasa_vllm.engine_kwargs())
+    lasa_vllm.install(llm, {"smollm2": "vectors/smollm2-135m-instruct.safetensors"})
+    params = SamplingParams(max_tokens=64, temperature=0,
+                            extra_args=lasa_vllm.xargs(vector="smollm2", mode="gate",
+                                                       action="add"))
+    out = llm.generate(prompts, params)
+    lasa_vllm.report(llm, [o.request_id for o in out])   # gate score, fired, language
+
+Each worker holds the vector files and forward hooks on the decoder layers
+(:mod:`.hooks`); a request's ``SamplingParams.extra_args`` (``lasa_vector``, ``lasa_mode``,
+``lasa_action``, ``lasa_strength``, ``lasa_direction``; :mod:`.params`) choose its
+steering, with the same maths as the HF engine. Configurations that cannot be exact are
+refused at install (:mod:`.checks`). Importing this package does not import vLLM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checks import ENGINE_KWARGS, SUPPORTED_VLLM
+from .params import Defaults, check_choice_default, xargs
+
+WORKER_EXTENSION = "lasa_steer.engines.vllm.worker.LasaWorkerExtension"
+VALIDATOR = "lasa_steer.engines.vllm.validator.LasaParamsCheck"
+
+__all__ = ["ENGINE_KWARGS", "SUPPORTED_VLLM", "VALIDATOR", "WORKER_EXTENSION",
+           "engine_kwargs", "external_id", "install", "report", "xargs"]
+
+
+def engine_kwargs(**overrides: Any) -> dict[str, Any]:
+    """``vllm.LLM`` keyword arguments the plugin needs (eager mode, no chunked prefill, no
+    prefix caching, the worker extension and the request validator), plus ``overrides``."""
+    from .validator import LasaParamsCheck
+
+    out: dict[str, Any] = dict(ENGINE_KWARGS, worker_extension_cls=WORKER_EXTENSION,
+                               logits_processors=[LasaParamsCheck])
+    out.update(overrides)
+    return out
+
+
+def install(llm: Any, vectors: dict[str, str], default_vector: str | None = None,
+            default_mode: str = "gate", default_action: str | None = None,
+            default_strength: float | None = None,
+            allow_mismatch: bool = False) -> list[dict[str, Any]]:
+    """Load ``vectors`` (name -> file path) into every worker of ``llm`` (a ``vllm.LLM``)
+    and install the hooks. A request without ``lasa_*`` keys gets the defaults (unsteered
+    unless ``default_vector`` is given with a mode other than ``off``). Returns each
+    worker's summary."""
+    defaults = Defaults(default_vector, default_mode, default_action, default_strength)
+    check_choice_default(defaults, vectors)
+    paths = {str(k): str(v) for k, v in vectors.items()}
+    out = llm.collective_rpc("lasa_install", args=(paths, default_vector, default_mode,
+                                                   default_action, default_strength,
+                                                   allow_mismatch))
+    from .validator import LasaParamsCheck
+
+    LasaParamsCheck.names = frozenset(paths)
+    LasaParamsCheck.defaults = defaults
+    return list(out)
+
+
+def report(llm: Any, req_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per request id as ``RequestOutput.request_id`` gives it (from the first worker; every
+    rank decides alike): the settings used, ``gate_score``, ``fired``, ``lang``, ``error``
+    and ``live`` (False once the request has finished; the last 4,096 are kept)."""
+    everything = dict(llm.collective_rpc("lasa_report", args=(None,))[0])
+    out = {external_id(k): v for k, v in everything.items()}
+    return out if req_ids is None else {k: out[k] for k in req_ids if k in out}
+
+
+def external_id(req_id: str) -> str:
+    """The caller's request id of an engine-internal one (vLLM 0.32 appends ``-`` and 8
+    characters of a random id to keep ids unique)."""
+    head, sep, tail = req_id.rpartition("-")
+    return head if sep and len(tail) == 8 else req_id

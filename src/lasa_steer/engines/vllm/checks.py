@@ -1,0 +1,76 @@
+"""What the vLLM plugin refuses to run under: configurations where forward hooks on the
+decoder layers cannot give the HF engine's results exactly.
+
+* torch.compile / CUDA graphs: compiled graphs do not call Python forward hooks, so steering
+  would silently do nothing. Require ``enforce_eager=True``.
+* chunked prefill: a gate-mode prompt split over steps would run its first chunks before the
+  gate decides (unsteered). Require ``enable_chunked_prefill=False``.
+* prefix caching: a request would reuse KV computed under other steering. Require
+  ``enable_prefix_caching=False``.
+* pipeline parallel: the gate block and the steered blocks may sit on different stages
+  (the decision would have to cross stages). Require ``pipeline_parallel_size=1``.
+* speculative decoding: draft tokens add rows that are later rejected. Not supported.
+* the V2 model runner (GPU default in some set-ups) keeps another batch layout. Not supported.
+* vLLM releases other than the tested line: the model runner's fields are private.
+
+Tensor parallelism is allowed: decoder-layer outputs are full (all-reduced) on every rank,
+so every rank reads the same gate state and makes the same decision without communication.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import SteeringConfigError
+
+SUPPORTED_VLLM = ("0.32.",)  # release lines whose model runner the plugin is tested on
+
+# The engine arguments the plugin needs (pass them to vllm.LLM / AsyncEngineArgs).
+ENGINE_KWARGS: dict[str, Any] = {
+    "enforce_eager": True,
+    "enable_chunked_prefill": False,
+    "enable_prefix_caching": False,
+}
+
+
+def problems(vllm_config: Any, version: str) -> list[str]:
+    """Every reason the plugin cannot be exact under ``vllm_config`` (empty: fine)."""
+    out: list[str] = []
+    if not version.startswith(SUPPORTED_VLLM):
+        out.append(f"vLLM {version} is not a tested release (tested: "
+                   f"{', '.join(v + 'x' for v in SUPPORTED_VLLM)}); the plugin reads the model "
+                   "runner's private batch state")
+    comp = vllm_config.compilation_config
+    mode = int(getattr(comp, "mode", 0) or 0)
+    cudagraph = str(getattr(comp, "cudagraph_mode", "NONE"))
+    if mode != 0 or not (cudagraph.endswith("NONE") or cudagraph == "None"):
+        out.append(f"torch.compile/CUDA graphs are on (compilation mode {mode}, cudagraph_mode "
+                   f"{cudagraph}): compiled graphs skip forward hooks, so steering would "
+                   "silently do nothing; start vLLM with enforce_eager=True (--enforce-eager)")
+    if getattr(vllm_config.scheduler_config, "enable_chunked_prefill", False):
+        out.append("chunked prefill is on: a gate-mode prompt split over steps would be "
+                   "partly unsteered; start vLLM with enable_chunked_prefill=False "
+                   "(--no-enable-chunked-prefill)")
+    if getattr(vllm_config.cache_config, "enable_prefix_caching", False):
+        out.append("prefix caching is on: a request could reuse KV computed under other "
+                   "steering; start vLLM with enable_prefix_caching=False "
+                   "(--no-enable-prefix-caching)")
+    pp = int(getattr(vllm_config.parallel_config, "pipeline_parallel_size", 1) or 1)
+    if pp > 1:
+        out.append(f"pipeline_parallel_size={pp}: the gate block and the steered blocks may "
+                   "run on different stages; use tensor parallelism (pipeline_parallel_size=1)")
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        out.append("speculative decoding is on: draft tokens would be steered and rejected; "
+                   "turn it off")
+    if bool(getattr(vllm_config, "use_v2_model_runner", False)):
+        out.append("the V2 model runner is in use (another batch layout); set "
+                   "VLLM_USE_V2_MODEL_RUNNER=0")
+    return out
+
+
+def check(vllm_config: Any, version: str) -> None:
+    """Raise :class:`SteeringConfigError` listing every problem, or return."""
+    found = problems(vllm_config, version)
+    if found:
+        raise SteeringConfigError("lasa steering cannot run exactly in this vLLM engine: "
+                                  + "; ".join(found))

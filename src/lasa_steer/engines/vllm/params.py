@@ -1,0 +1,136 @@
+"""A request's steering settings in vLLM: ``SamplingParams.extra_args`` (``vllm_xargs`` in
+the OpenAI server's ``extra_body``), resolved against the install's defaults.
+
+The keys mirror the ``steering`` field of ``lasa serve``, flattened because ``vllm_xargs``
+holds only scalars: ``lasa_vector``, ``lasa_mode``, ``lasa_action``, ``lasa_strength``,
+``lasa_direction``. Without any of them a request gets the defaults given at install
+(``mode='off'`` unless a default vector and mode were given).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ...errors import SteeringConfigError
+from ...steering.rows import OFF, RowSteering, check_choice
+from ...types import ACTIONS, MODES, OPENER_ACTIONS
+from ...vector.file import SteeringVector
+
+PREFIX = "lasa_"
+KEYS = ("vector", "mode", "action", "strength", "direction")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a request that names no setting gets (the install's ``default_*`` arguments)."""
+
+    vector: str | None = None
+    mode: str = "gate"
+    action: str | None = None
+    strength: float | None = None
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """The ``lasa_*`` keys of one request (None: not given)."""
+
+    vector: str | None = None
+    mode: str | None = None
+    action: str | None = None
+    strength: float | None = None
+    direction: str | None = None
+
+
+def xargs(vector: str | None = None, mode: str | None = None, action: str | None = None,
+          strength: float | None = None, direction: str | None = None) -> dict[str, Any]:
+    """``SamplingParams(extra_args=xargs(...))`` / ``extra_body={"vllm_xargs": xargs(...)}``."""
+    given = dict(vector=vector, mode=mode, action=action, strength=strength,
+                 direction=direction)
+    out = {PREFIX + k: v for k, v in given.items() if v is not None}
+    parse(out)
+    return out
+
+
+def parse(extra_args: Mapping[str, Any] | None) -> RequestSettings:
+    """The request's settings, checked for type and vocabulary (not against the loaded
+    vectors); raise :class:`SteeringConfigError` naming the key."""
+    args = {k[len(PREFIX):]: v for k, v in dict(extra_args or {}).items()
+            if isinstance(k, str) and k.startswith(PREFIX)}
+    unknown = sorted(set(args) - set(KEYS))
+    if unknown:
+        raise SteeringConfigError(f"unknown steering key(s) {[PREFIX + k for k in unknown]}; "
+                                  f"known: {[PREFIX + k for k in KEYS]}")
+    for key in ("vector", "direction"):
+        v = args.get(key)
+        if v is not None and (not isinstance(v, str) or not NAME_RE.match(v) or len(v) > 128):
+            raise SteeringConfigError(f"{PREFIX}{key}={v!r}: a name matching {NAME_RE.pattern}")
+    if args.get("mode") is not None:
+        check_choice(PREFIX + "mode", args["mode"], MODES)
+    action = args.get("action")
+    if action is not None:
+        check_choice(PREFIX + "action", action, ACTIONS)
+        refuse_opener(action)
+    strength = args.get("strength")
+    if strength is not None:
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) \
+                or not math.isfinite(float(strength)) or abs(float(strength)) > 1000:
+            raise SteeringConfigError(
+                f"{PREFIX}strength={strength!r}: a finite number in [-1000, 1000]")
+        strength = float(strength)
+    return RequestSettings(args.get("vector"), args.get("mode"), action, strength,
+                           args.get("direction"))
+
+
+def refuse_opener(action: str) -> None:
+    if action in OPENER_ACTIONS:
+        raise SteeringConfigError(
+            f"action={action!r} is not supported on the vLLM engine yet (the refusal opener "
+            "is forced through the HF engine's LM-head hook); use 'add', 'project' or "
+            "'clamp', or lasa serve")
+
+
+def resolve(s: RequestSettings, vectors: Mapping[str, SteeringVector],
+            defaults: Defaults) -> RowSteering:
+    """The request's :class:`RowSteering` (the same rule as ``lasa serve``'s ``steering``
+    field); raise :class:`SteeringConfigError` naming the setting."""
+    mode = s.mode or defaults.mode
+    name = s.vector or defaults.vector
+    vector = None
+    if s.vector is not None or (mode != "off" and name is not None):
+        vector = vectors.get(name) if name else None
+        if vector is None:
+            raise SteeringConfigError(f"{PREFIX}vector={name!r}: no such vector; loaded: "
+                                      f"{sorted(vectors)}")
+    if vector is None or mode == "off":
+        return OFF
+    action = s.action or defaults.action or vector.default_action
+    refuse_opener(action)
+    strength = s.strength if s.strength is not None else (
+        defaults.strength if action == vector.default_action else None)
+    return RowSteering(vector=vector, strength=strength, mode=mode,  # type: ignore[arg-type]
+                       action=action, direction=s.direction).resolved()
+
+
+def check_choice_default(defaults: Defaults, vectors: Mapping[str, Any]) -> None:
+    """The install's defaults are valid settings (raise :class:`SteeringConfigError`)."""
+    check_choice("default_mode", defaults.mode, MODES)
+    if defaults.vector is not None and defaults.vector not in vectors:
+        raise SteeringConfigError(f"default_vector={defaults.vector!r}: not among the "
+                                  f"vectors {sorted(vectors)}")
+    if defaults.action is not None:
+        check_choice("default_action", defaults.action, ACTIONS)
+        refuse_opener(defaults.action)
+
+
+def resolve_names(s: RequestSettings, names: frozenset[str], defaults: Defaults) -> None:
+    """The vector a request resolves to is loaded (the part of :func:`resolve` that needs
+    no vector file)."""
+    mode = s.mode or defaults.mode
+    name = s.vector or defaults.vector
+    if (s.vector is not None or mode != "off") and name is not None and name not in names:
+        raise SteeringConfigError(f"{PREFIX}vector={name!r}: no such vector; loaded: "
+                                  f"{sorted(names)}")

@@ -1,0 +1,76 @@
+"""The worker extension: ``vllm.LLM(..., worker_extension_cls=WORKER_EXTENSION)`` mixes it
+into every worker; :func:`lasa_steer.engines.vllm.install` then calls
+:meth:`LasaWorkerExtension.lasa_install` on every worker through ``collective_rpc``, which
+loads the vector files there, checks them against the loaded model and installs the hooks.
+Every rank of a tensor-parallel group loads the same files and makes the same decisions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import VectorMismatchError
+from ...model.identity import ModelIdentity, config_fingerprint
+from ...model.layers import find_layers
+from ...vector.file import SteeringVector
+from .checks import check
+from .hooks import VllmSteering, vector_points
+from .params import Defaults, check_choice_default
+
+
+class LasaWorkerExtension:
+    """Methods added to vLLM's worker class (names start with ``lasa_``)."""
+
+    def lasa_install(self, vectors: dict[str, str], default_vector: str | None = None,
+                     default_mode: str = "gate", default_action: str | None = None,
+                     default_strength: float | None = None,
+                     allow_mismatch: bool = False) -> dict[str, Any]:
+        """Load ``vectors`` (name -> vector file path) and install the hooks; replaces an
+        earlier install. Raises :class:`~lasa_steer.SteeringConfigError` for an engine
+        configuration that cannot be exact, and the vector file errors for unfit files."""
+        import vllm
+
+        worker: Any = self
+        check(worker.vllm_config, vllm.__version__)
+        defaults = Defaults(default_vector, default_mode, default_action, default_strength)
+        check_choice_default(defaults, vectors)
+        runner = worker.model_runner
+        model = runner.get_model()
+        layer_map = find_layers(model)
+        ident = ModelIdentity(layer_map.architecture, layer_map.architecture,
+                              layer_map.hidden_size, layer_map.num_layers,
+                              config_fingerprint(model), [])
+        loaded: dict[str, SteeringVector] = {}
+        for name, path in vectors.items():
+            vec = SteeringVector.load(path)
+            _check_fits(vec, ident, allow_mismatch)
+            loaded[name] = vec
+        self.lasa_remove()
+        worker._lasa_steering = VllmSteering(model, runner, loaded, defaults, layer_map)
+        return {"vectors": sorted(loaded),
+                "points": {n: sorted(vector_points(v)) for n, v in loaded.items()}}
+
+    def lasa_remove(self) -> None:
+        """Remove the hooks (requests in flight stop being steered)."""
+        steering = getattr(self, "_lasa_steering", None)
+        if steering is not None:
+            steering.remove()
+        setattr(self, "_lasa_steering", None)
+
+    def lasa_report(self, req_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Per request id: its settings, gate score, decision and language."""
+        steering = getattr(self, "_lasa_steering", None)
+        return {} if steering is None else steering.report(req_ids)
+
+
+def _check_fits(vec: SteeringVector, ident: ModelIdentity, allow_mismatch: bool) -> None:
+    """The file's model against the served one: hidden size, block count and config
+    fingerprint (weight statistics are skipped: vLLM fuses and shards the weights)."""
+    mine = vec.model
+    want = ModelIdentity(mine.name, mine.architecture, mine.hidden_size, mine.num_layers,
+                         "" if allow_mismatch else mine.config_fingerprint, [])
+    want.check_fits(ident, source=f"vector {vec.name!r}")
+    used = [p[1] for p in vector_points(vec)]
+    if used and max(used) >= ident.num_layers:
+        raise VectorMismatchError(f"vector {vec.name!r} uses block {max(used)} but the model "
+                                  f"has {ident.num_layers} blocks", field="num_layers")

@@ -1,0 +1,96 @@
+"""The vLLM plugin's request settings (``lasa_*`` extra_args) and its engine-config checks,
+without vLLM: these modules never import it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace as NS
+
+import pytest
+
+from lasa_steer import SteeringConfigError, SteeringVector
+from lasa_steer.engines.vllm import external_id, xargs
+from lasa_steer.engines.vllm.checks import problems
+from lasa_steer.engines.vllm.params import Defaults, parse, resolve, resolve_names
+
+VECTOR = Path(__file__).resolve().parents[1] / "vectors" / "smollm2-135m-instruct.safetensors"
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    return {"smollm2": SteeringVector.load(VECTOR)}
+
+
+def test_xargs_round_trip_and_defaults(vectors):
+    args = xargs(vector="smollm2", mode="gate", action="add", strength=2)
+    assert args == {"lasa_vector": "smollm2", "lasa_mode": "gate", "lasa_action": "add",
+                    "lasa_strength": 2}
+    row = resolve(parse(args), vectors, Defaults())
+    assert (row.mode, row.action, row.strength) == ("gate", "add", 2.0)
+    assert row.gate_point() == ("resid_post", 17)
+    # no lasa_* keys: the install's defaults (off without a default vector)
+    assert resolve(parse({"other_plugin": 1}), vectors, Defaults()).mode == "off"
+    row = resolve(parse(None), vectors, Defaults(vector="smollm2", action="project"))
+    assert (row.mode, row.action, row.strength) == ("gate", "project", 1.0)
+    # mode off names a vector without using it
+    assert resolve(parse(xargs(vector="smollm2", mode="off")), vectors, Defaults()).mode == "off"
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"lasa_mode": "sometimes"}, "lasa_mode"),
+    ({"lasa_action": "shout"}, "lasa_action"),
+    ({"lasa_action": "prefix"}, "'prefix' is not supported on the vLLM engine"),
+    ({"lasa_strength": float("nan")}, "lasa_strength"),
+    ({"lasa_strength": True}, "lasa_strength"),
+    ({"lasa_strength": 1e6}, "lasa_strength"),
+    ({"lasa_vector": "../etc/passwd"}, "lasa_vector"),
+    ({"lasa_direction": ""}, "lasa_direction"),
+    ({"lasa_stength": 1}, "unknown steering key"),
+])
+def test_bad_settings_name_the_key(bad, needle):
+    with pytest.raises(SteeringConfigError, match=needle):
+        parse(bad)
+
+
+def test_resolution_errors_name_the_setting(vectors):
+    with pytest.raises(SteeringConfigError, match="no such vector"):
+        resolve(parse(xargs(vector="nope")), vectors, Defaults())
+    with pytest.raises(SteeringConfigError, match="no such vector"):
+        resolve_names(parse(xargs(vector="nope")), frozenset(vectors), Defaults())
+    # the shipped file's own action is 'refuse': not available on vLLM yet
+    with pytest.raises(SteeringConfigError, match="'refuse' is not supported"):
+        resolve(parse(xargs(vector="smollm2")), vectors, Defaults())
+    with pytest.raises(SteeringConfigError, match="direction"):
+        resolve(parse(xargs(vector="smollm2", action="add", direction="nope")), vectors,
+                Defaults())
+
+
+def _config(**changes):
+    base = dict(compilation_config=NS(mode=0, cudagraph_mode="NONE"),
+                scheduler_config=NS(enable_chunked_prefill=False),
+                cache_config=NS(enable_prefix_caching=False),
+                parallel_config=NS(pipeline_parallel_size=1, tensor_parallel_size=2),
+                speculative_config=None, use_v2_model_runner=False)
+    return NS(**{**base, **changes})
+
+
+def test_engine_configs_that_cannot_be_exact_are_refused():
+    assert problems(_config(), "0.32.0") == []  # tensor parallel is allowed
+    cases = {
+        "enforce_eager": _config(compilation_config=NS(mode=3, cudagraph_mode="PIECEWISE")),
+        "chunked prefill": _config(scheduler_config=NS(enable_chunked_prefill=True)),
+        "prefix caching": _config(cache_config=NS(enable_prefix_caching=True)),
+        "pipeline_parallel_size=2": _config(parallel_config=NS(pipeline_parallel_size=2)),
+        "speculative": _config(speculative_config=NS()),
+        "V2 model runner": _config(use_v2_model_runner=True),
+    }
+    for needle, cfg in cases.items():
+        found = problems(cfg, "0.32.0")
+        assert len(found) == 1 and needle in found[0], (needle, found)
+    assert "not a tested release" in problems(_config(), "0.33.1")[0]
+
+
+def test_external_request_ids():
+    assert external_id("7-b4bdf455") == "7"
+    assert external_id("chat-1-b4bdf455") == "chat-1"
+    assert external_id("plain") == "plain"
