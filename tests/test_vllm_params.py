@@ -12,6 +12,7 @@ from lasa_steer import SteeringConfigError, SteeringVector
 from lasa_steer.engines.vllm import external_id, xargs
 from lasa_steer.engines.vllm.checks import problems
 from lasa_steer.engines.vllm.params import Defaults, parse, resolve, resolve_names
+from lasa_steer.steering.openers import Openers
 
 VECTOR = Path(__file__).resolve().parents[1] / "vectors" / "smollm2-135m-instruct.safetensors"
 
@@ -39,7 +40,6 @@ def test_xargs_round_trip_and_defaults(vectors):
 @pytest.mark.parametrize("bad, needle", [
     ({"lasa_mode": "sometimes"}, "lasa_mode"),
     ({"lasa_action": "shout"}, "lasa_action"),
-    ({"lasa_action": "prefix"}, "'prefix' is not supported on the vLLM engine"),
     ({"lasa_strength": float("nan")}, "lasa_strength"),
     ({"lasa_strength": True}, "lasa_strength"),
     ({"lasa_strength": 1e6}, "lasa_strength"),
@@ -57,9 +57,12 @@ def test_resolution_errors_name_the_setting(vectors):
         resolve(parse(xargs(vector="nope")), vectors, Defaults())
     with pytest.raises(SteeringConfigError, match="no such vector"):
         resolve_names(parse(xargs(vector="nope")), frozenset(vectors), Defaults())
-    # the shipped file's own action is 'refuse': not available on vLLM yet
-    with pytest.raises(SteeringConfigError, match="'refuse' is not supported"):
+    # the shipped file's own action is 'refuse': it needs the served tokenizer's openers
+    with pytest.raises(SteeringConfigError, match="tokenizer"):
         resolve(parse(xargs(vector="smollm2")), vectors, Defaults())
+    row = resolve(parse(xargs(vector="smollm2")), vectors, Defaults(),
+                  Openers({"en": (5, 6)}, end_of_turn=2))
+    assert (row.action, row.strength, row.forces_opener) == ("refuse", 0.0, True)
     with pytest.raises(SteeringConfigError, match="direction"):
         resolve(parse(xargs(vector="smollm2", action="add", direction="nope")), vectors,
                 Defaults())

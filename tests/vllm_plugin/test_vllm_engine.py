@@ -27,6 +27,8 @@ from vllm.inputs import TokensPrompt  # noqa: E402
 
 from lasa_steer import SteeringVector, VectorMismatchError, load_model, steer  # noqa: E402
 from lasa_steer.engines import vllm as lasa_vllm  # noqa: E402
+from lasa_steer.steering.api import end_of_turn  # noqa: E402
+from lasa_steer.steering.openers import Openers  # noqa: E402
 from lasa_steer.model.embedded import ensure_embedded  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -90,11 +92,13 @@ def _eos_trimmed(tokens: list[int], eos: int) -> list[int]:
 
 
 # (prompt index, steering) in one batch: unsteered, always-add, gate on every prompt,
-# project and clamp; prompts of different lengths interleave in the flattened batch.
+# project, clamp, the opener actions (refuse, prefix, and the file's default action, which is
+# refuse); prompts of different lengths interleave in the flattened batch.
 MIXED = [(1, {}), (1, dict(mode="always", action="add", strength=4.0))] + \
     [(i, dict(mode="gate", action="add")) for i in range(len(PROMPTS))] + \
     [(3, dict(mode="always", action="project")), (0, dict(mode="always", action="clamp")),
-     (3, {})]
+     (3, {}), (0, dict(mode="gate", action="refuse")), (1, dict(mode="gate", action="refuse")),
+     (4, dict(mode="gate", action="prefix", strength=4.0)), (2, dict(mode="gate"))]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +133,7 @@ def test_steered_requests_equal_the_hf_engine(hf, llm, mixed):
         got = _tokens(outs[k])
         assert got == _eos_trimmed(expect, eos), (PROMPTS[i], s)
         changed += got != vanilla[i]
-    assert changed >= 2  # the always-add row and a fired gate row differ from vanilla
+    assert changed >= 4  # always-add, and fired gate rows with add, refuse and prefix
 
 
 def test_gate_fires_on_exactly_the_rows_the_hf_gate_fires_on(hf, mixed):
@@ -141,6 +145,8 @@ def test_gate_fires_on_exactly_the_rows_the_hf_gate_fires_on(hf, mixed):
             continue
         _, (score, hf_fired, lang) = _hf_greedy(model, ids[i], **s)
         got = report[outs[k].request_id]
+        assert (got["vector"], got["mode"], got["action"]) == \
+            ("smollm2", "gate", s.get("action", "refuse"))
         assert got["fired"] is hf_fired, PROMPTS[i]
         assert got["lang"] == lang
         assert math.isclose(got["gate_score"], score, rel_tol=1e-4, abs_tol=1e-4)
@@ -160,7 +166,7 @@ def test_finished_requests_leave_the_live_state(hf, llm, mixed):
 @pytest.mark.parametrize("bad, needle", [
     ({"lasa_mode": "sometimes"}, "lasa_mode"),
     ({"lasa_vector": "nope"}, "no such vector"),
-    ({"lasa_vector": "smollm2", "lasa_action": "refuse"}, "'refuse' is not supported"),
+    ({"lasa_action": "shout"}, "lasa_action"),
     ({"lasa_strength": "big"}, "lasa_strength"),
     ({"lasa_strenght": 1.0}, "unknown steering key"),
 ])
@@ -169,6 +175,21 @@ def test_bad_request_settings_are_refused_at_admission(hf, llm, bad, needle):
     with pytest.raises(VLLMValidationError, match=needle):
         engine.generate([_prompt(hf[1][0])],
                         SamplingParams(max_tokens=2, extra_args=bad), use_tqdm=False)
+
+
+def test_a_sampled_refusal_is_the_opener_exactly(hf, llm):
+    """Forced through the logits, the opener survives temperature sampling and penalties."""
+    model, ids = hf
+    engine, _ = llm
+    params = SamplingParams(max_tokens=NEW, temperature=1.0, seed=1, repetition_penalty=1.3,
+                            extra_args=lasa_vllm.xargs(vector="smollm2", mode="always",
+                                                       action="refuse"))
+    out = engine.generate([_prompt(ids[1])], params, use_tqdm=False)[0]
+    openers = Openers.for_tokenizer(model.lasa_tokenizer, end_of_turn(model))
+    expect = list(openers.sequence(None, True))[:NEW]
+    assert _tokens(out) == expect
+    assert lasa_vllm.report(engine, [out.request_id])[out.request_id]["opener"] == \
+        list(openers.sequence(None, True))
 
 
 def test_install_refuses_a_vector_of_another_model(hf, llm, mixed, tmp_path):

@@ -28,19 +28,19 @@ from .checks import ENGINE_KWARGS, SUPPORTED_VLLM
 from .params import Defaults, check_choice_default, xargs
 
 WORKER_EXTENSION = "lasa_steer.engines.vllm.worker.LasaWorkerExtension"
-VALIDATOR = "lasa_steer.engines.vllm.validator.LasaParamsCheck"
+LOGITS_PROCESSOR = "lasa_steer.engines.vllm.logits.LasaLogitsProcessor"
 
-__all__ = ["ENGINE_KWARGS", "SUPPORTED_VLLM", "VALIDATOR", "WORKER_EXTENSION",
+__all__ = ["ENGINE_KWARGS", "LOGITS_PROCESSOR", "SUPPORTED_VLLM", "WORKER_EXTENSION",
            "engine_kwargs", "external_id", "install", "report", "xargs"]
 
 
 def engine_kwargs(**overrides: Any) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments the plugin needs (eager mode, no chunked prefill, no
     prefix caching, the worker extension and the request validator), plus ``overrides``."""
-    from .validator import LasaParamsCheck
+    from .logits import LasaLogitsProcessor
 
     out: dict[str, Any] = dict(ENGINE_KWARGS, worker_extension_cls=WORKER_EXTENSION,
-                               logits_processors=[LasaParamsCheck])
+                               logits_processors=[LasaLogitsProcessor])
     out.update(overrides)
     return out
 
@@ -59,10 +59,10 @@ def install(llm: Any, vectors: dict[str, str], default_vector: str | None = None
     out = llm.collective_rpc("lasa_install", args=(paths, default_vector, default_mode,
                                                    default_action, default_strength,
                                                    allow_mismatch))
-    from .validator import LasaParamsCheck
+    from .logits import LasaLogitsProcessor
 
-    LasaParamsCheck.names = frozenset(paths)
-    LasaParamsCheck.defaults = defaults
+    LasaLogitsProcessor.names = frozenset(paths)
+    LasaLogitsProcessor.defaults = defaults
     return list(out)
 
 

@@ -29,17 +29,30 @@ class RequestState:
     score: float | None = None
     lang: str | None = None
     error: str | None = None
+    name: str | None = None  # the vector's name at install
+    forced: tuple[int, ...] | None = None  # the refusal opener's tokens (prefix/refuse)
 
     @classmethod
-    def new(cls, row: RowSteering, error: str | None = None) -> "RequestState":
+    def new(cls, row: RowSteering, name: str | None = None) -> "RequestState":
         gate = row.gate_point() is not None
-        return cls(row=row, decided=not gate, fired=row.mode == "always", error=error)
+        state = cls(row=row, decided=not gate, fired=row.mode == "always",
+                    name=name if row.vector is not None else None)
+        state.set_opener()
+        return state
+
+    def set_opener(self) -> None:
+        """A fired ``prefix``/``refuse`` request's forced tokens, in its prompt's language
+        (as :meth:`lasa_steer.steering.state.BatchState.record` sets them)."""
+        r = self.row
+        if r.forces_opener and self.fired and r.openers is not None:
+            self.forced = r.openers.sequence(self.lang, r.action == "refuse")
 
     def report(self) -> dict[str, Any]:
         r = self.row
-        return {"vector": r.vector.name if r.vector is not None else None, "mode": r.mode,
+        return {"vector": self.name, "mode": r.mode,
                 "action": r.action, "strength": r.strength, "direction": r.direction,
                 "gate_score": self.score, "fired": self.fired, "lang": self.lang,
+                "opener": list(self.forced) if self.forced is not None else None,
                 "error": self.error}
 
 

@@ -23,6 +23,7 @@ from torch.utils.hooks import RemovableHandle
 from ...errors import LasaError
 from ...model.layers import LayerMap, find_layers
 from ...steering.gate import LID_POOLING, decide, lid_point
+from ...steering.openers import Openers
 from ...steering.state import Update, update_of
 from ...tensors import pool
 from ...types import Point
@@ -33,6 +34,7 @@ from .params import Defaults, parse, resolve
 
 log = logging.getLogger(__name__)
 FINISHED_KEPT = 4096  # reports of finished requests kept for lasa_report
+ACTIVE: list["VllmSteering"] = []  # this process's install, for the logits processor
 
 
 def vector_points(v: SteeringVector) -> set[Point]:
@@ -50,8 +52,9 @@ class VllmSteering:
     """Hooks on one worker's model; per-request state keyed by vLLM request id."""
 
     def __init__(self, model: nn.Module, runner: Any, vectors: Mapping[str, SteeringVector],
-                 defaults: Defaults, layer_map: LayerMap | None = None):
-        self.model, self.runner = model, runner
+                 defaults: Defaults, layer_map: LayerMap | None = None,
+                 openers: Openers | None = None):
+        self.model, self.runner, self.openers = model, runner, openers
         self.vectors, self.defaults = dict(vectors), defaults
         self.layer_map = layer_map or find_layers(model)
         self.requests: dict[str, RequestState] = {}
@@ -115,9 +118,9 @@ class VllmSteering:
 
     def _new(self, req_id: str) -> RequestState:
         try:
-            row = resolve(parse(extra_args_of(self.runner, req_id)), self.vectors,
-                          self.defaults)
-            state = RequestState.new(row)
+            settings = parse(extra_args_of(self.runner, req_id))
+            row = resolve(settings, self.vectors, self.defaults, self.openers)
+            state = RequestState.new(row, settings.vector or self.defaults.vector)
         except LasaError as exc:  # the validator refuses these before they get here
             log.error("lasa: request %s runs unsteered: %s", req_id, exc)
             state = unsteered()
@@ -131,6 +134,23 @@ class VllmSteering:
             self.finished[req_id] = self.requests.pop(req_id).report()
             while len(self.finished) > FINISHED_KEPT:
                 self.finished.popitem(last=False)
+
+    def forced_tokens(self, num_rows: int) -> tuple[list[int], list[int]]:
+        """Rows of the sampler's logits (one per request, batch order) whose next token is a
+        forced opener token, and those tokens: token ``k`` of the opener when the request
+        has ``k`` output tokens so far."""
+        step = self.step
+        if step is None or len(step.states) != num_rows:
+            return [], []
+        rows, tokens = [], []
+        for i, (req_id, s) in enumerate(zip(step.req_ids, step.states)):
+            if s.forced is None:
+                continue
+            done = len(self.runner.requests[req_id].output_token_ids)
+            if done < len(s.forced):
+                rows.append(i)
+                tokens.append(s.forced[done])
+        return rows, tokens
 
     # ------------------------------------------------------------- hooks
     def _install(self, point: Point) -> RemovableHandle:
@@ -214,6 +234,7 @@ class VllmSteering:
                 s = step.states[i]
                 s.score, s.fired = float(decision.scores[k]), bool(decision.fired[k])
                 s.lang, s.decided = decision.langs[k], True
+                s.set_opener()
 
 
 def _pool(resid: torch.Tensor, first: int, length: int, pooling: str) -> torch.Tensor:

@@ -16,7 +16,8 @@ from typing import Any, Mapping
 
 from ...errors import SteeringConfigError
 from ...steering.rows import OFF, RowSteering, check_choice
-from ...types import ACTIONS, MODES, OPENER_ACTIONS
+from ...steering.openers import Openers
+from ...types import ACTIONS, MODES
 from ...vector.file import SteeringVector
 
 PREFIX = "lasa_"
@@ -73,7 +74,6 @@ def parse(extra_args: Mapping[str, Any] | None) -> RequestSettings:
     action = args.get("action")
     if action is not None:
         check_choice(PREFIX + "action", action, ACTIONS)
-        refuse_opener(action)
     strength = args.get("strength")
     if strength is not None:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) \
@@ -85,16 +85,8 @@ def parse(extra_args: Mapping[str, Any] | None) -> RequestSettings:
                            args.get("direction"))
 
 
-def refuse_opener(action: str) -> None:
-    if action in OPENER_ACTIONS:
-        raise SteeringConfigError(
-            f"action={action!r} is not supported on the vLLM engine yet (the refusal opener "
-            "is forced through the HF engine's LM-head hook); use 'add', 'project' or "
-            "'clamp', or lasa serve")
-
-
 def resolve(s: RequestSettings, vectors: Mapping[str, SteeringVector],
-            defaults: Defaults) -> RowSteering:
+            defaults: Defaults, openers: Openers | None = None) -> RowSteering:
     """The request's :class:`RowSteering` (the same rule as ``lasa serve``'s ``steering``
     field); raise :class:`SteeringConfigError` naming the setting."""
     mode = s.mode or defaults.mode
@@ -108,11 +100,10 @@ def resolve(s: RequestSettings, vectors: Mapping[str, SteeringVector],
     if vector is None or mode == "off":
         return OFF
     action = s.action or defaults.action or vector.default_action
-    refuse_opener(action)
     strength = s.strength if s.strength is not None else (
         defaults.strength if action == vector.default_action else None)
     return RowSteering(vector=vector, strength=strength, mode=mode,  # type: ignore[arg-type]
-                       action=action, direction=s.direction).resolved()
+                       action=action, direction=s.direction, openers=openers).resolved()
 
 
 def check_choice_default(defaults: Defaults, vectors: Mapping[str, Any]) -> None:
@@ -123,7 +114,6 @@ def check_choice_default(defaults: Defaults, vectors: Mapping[str, Any]) -> None
                                   f"vectors {sorted(vectors)}")
     if defaults.action is not None:
         check_choice("default_action", defaults.action, ACTIONS)
-        refuse_opener(defaults.action)
 
 
 def resolve_names(s: RequestSettings, names: frozenset[str], defaults: Defaults) -> None:

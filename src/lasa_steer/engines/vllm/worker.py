@@ -12,9 +12,10 @@ from typing import Any
 from ...errors import VectorMismatchError
 from ...model.identity import ModelIdentity, config_fingerprint
 from ...model.layers import find_layers
+from ...steering.openers import Openers
 from ...vector.file import SteeringVector
 from .checks import check
-from .hooks import VllmSteering, vector_points
+from .hooks import ACTIVE, VllmSteering, vector_points
 from .params import Defaults, check_choice_default
 
 
@@ -45,8 +46,11 @@ class LasaWorkerExtension:
             vec = SteeringVector.load(path)
             _check_fits(vec, ident, allow_mismatch)
             loaded[name] = vec
+        openers = _openers(worker.vllm_config.model_config)
         self.lasa_remove()
-        worker._lasa_steering = VllmSteering(model, runner, loaded, defaults, layer_map)
+        worker._lasa_steering = VllmSteering(model, runner, loaded, defaults, layer_map,
+                                             openers)
+        ACTIVE.append(worker._lasa_steering)
         return {"vectors": sorted(loaded),
                 "points": {n: sorted(vector_points(v)) for n, v in loaded.items()}}
 
@@ -55,6 +59,8 @@ class LasaWorkerExtension:
         steering = getattr(self, "_lasa_steering", None)
         if steering is not None:
             steering.remove()
+            if steering in ACTIVE:
+                ACTIVE.remove(steering)
         setattr(self, "_lasa_steering", None)
 
     def lasa_report(self, req_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -74,3 +80,25 @@ def _check_fits(vec: SteeringVector, ident: ModelIdentity, allow_mismatch: bool)
     if used and max(used) >= ident.num_layers:
         raise VectorMismatchError(f"vector {vec.name!r} uses block {max(used)} but the model "
                                   f"has {ident.num_layers} blocks", field="num_layers")
+
+
+def _openers(model_config: Any) -> Openers | None:
+    """The refusal openers as token ids of the served model's tokenizer, ending a turn with
+    the generation config's first end-of-sequence id (as :func:`lasa_steer.steering.api.
+    end_of_turn` does for an HF model); None when no tokenizer loads (then ``prefix`` and
+    ``refuse`` are refused per request, naming the tokenizer)."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    path = getattr(model_config, "tokenizer", None) or model_config.model
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+    eos: Any = None
+    try:
+        eos = GenerationConfig.from_pretrained(model_config.model).eos_token_id
+    except (OSError, ValueError):
+        pass
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    return Openers.for_tokenizer(tok, None if eos is None else int(eos))
