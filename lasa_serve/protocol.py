@@ -3,21 +3,48 @@
 Unknown fields are ignored, as OpenAI clients send more than any one server uses. Numbers
 and booleans are strict (``"n": "2"`` or ``"stream": "yes"`` is a 400, as at OpenAI): a
 coerced value would hide a client's bug. Fields that would change the meaning of the answer
-and that this server cannot honour (logprobs, tools, images) are refused with a 400 in
-:mod:`lasa_serve.serving`.
+and that this server cannot honour (logprobs, tools, suffix, images) are refused with a 400.
+
+Every limit the server enforces on a field is in these models, so it is in the OpenAPI
+schema (schemathesis checks that schema and server agree: ``tests/test_server_schema.py``);
+limits that depend on the configuration (the served model's name, ``--max-n``,
+``--max-batch``, ``--max-moderation-inputs``, the vocabulary) are filled into the schema by
+:func:`lasa_serve.routes.create_app`. What no schema can say is checked at run time: the
+prompt's length in tokens, whether a named vector or direction is loaded, a lone UTF-16
+surrogate, and ``len(prompt) * n`` against ``--max-batch``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from lasa_steer.types import Mode, RequestAction
 
-from .vectors import NAME_RE
+from .vectors import NAME_PATTERN
 
-Stop = Optional[Union[str, list[str]]]
+MAX_STOP, MAX_STOP_CHARS = 4, 256
+StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+Stop = Optional[Union[StopText, Annotated[list[StopText], Field(max_length=MAX_STOP)]]]
+
+
+def _integral(value: Any) -> Any:
+    """A JSON number with no fraction (``2.0``) is an integer, as in JSON Schema; a boolean
+    or a string is not (the field is strict: ``"2"`` and ``false`` are refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def Int(**bounds: Any) -> Any:
+    """An integer field type: strict, but ``2.0`` counts as 2 (JSON Schema's "integer"
+    allows it); ``bounds`` (``ge``, ``le``) go inside so that the schema states them."""
+    return Annotated[int, Field(strict=True, **bounds), BeforeValidator(_integral)]
+
+
+TokenId = Int(ge=0)  # and below the vocabulary size (filled into the schema)
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 
 
 class _Body(BaseModel):
@@ -29,12 +56,13 @@ class Steering(_Body):
     Names are never empty: ``""`` is a client's mistake, not a request for the default."""
 
     vector: Optional[str] = Field(None, description="vector name (default: the server's)",
-                                  min_length=1, max_length=128, pattern=NAME_RE.pattern)
+                                  min_length=1, max_length=128, pattern=NAME_PATTERN)
     strength: Optional[float] = Field(None, ge=-1000.0, le=1000.0, allow_inf_nan=False,
                                       strict=True)
     mode: Optional[Mode] = None
     action: Optional[RequestAction] = None
     direction: Optional[str] = Field(None, min_length=1, max_length=64,
+                                     pattern=r"^[A-Za-z0-9_-]+$",
                                      description="named direction in the vector file")
 
 
@@ -46,26 +74,16 @@ class SamplingRequest(_Body):
     """Fields shared by chat and text completion requests."""
 
     model: str = Field(..., max_length=256)
-    max_tokens: Optional[int] = Field(None, ge=1, strict=True)
+    max_tokens: Optional[Int(ge=1)] = None
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, strict=True)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False, strict=True)
-    seed: Optional[int] = Field(None, strict=True)
+    seed: Optional[Int()] = None
     stop: Stop = None
-    n: Optional[int] = Field(None, ge=1, le=128, strict=True)
+    n: Optional[Int(ge=1, le=128)] = None
     stream: Optional[bool] = Field(False, strict=True)
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
     steering: Optional[Steering] = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v: Stop) -> Stop:
-        items = [v] if isinstance(v, str) else (v or [])
-        if len(items) > 4:
-            raise ValueError("at most 4 stop sequences")
-        if any(len(s) > 256 for s in items):
-            raise ValueError("a stop sequence is longer than 256 characters")
-        return v
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -91,19 +109,23 @@ def _only_false(schema: dict[str, Any]) -> None:
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[Message] = Field(..., min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, strict=True)
+    max_completion_tokens: Optional[Int(ge=1)] = None
     logprobs: Optional[bool] = Field(None, strict=True, json_schema_extra=_only_false,
                                      description="not supported: false or null only")
-    top_logprobs: Optional[int] = Field(None, strict=True, ge=0, le=0)
-    tools: Optional[list[dict[str, Any]]] = None
+    top_logprobs: Optional[Int(ge=0, le=0)] = Field(
+        None, description="not supported: 0 or null only")
+    tools: Optional[list[dict[str, Any]]] = Field(None, max_length=0,
+                                                  description="not supported: null or [] only")
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: Union[str, Annotated[list[str], Field(min_length=1)], TokenIds,
+                  Annotated[list[TokenIds], Field(min_length=1)]]
     echo: Optional[bool] = Field(False, strict=True)
-    logprobs: Optional[int] = Field(None, strict=True, ge=0, le=0,
+    logprobs: Optional[Int(ge=0, le=0)] = Field(None,
                                     description="not supported: 0 or null only")
-    suffix: Optional[str] = None
+    suffix: Optional[str] = Field(None, max_length=0,
+                                  description="not supported: null or empty only")
 
 
 class ModerationRequest(_Body):

@@ -25,7 +25,7 @@ from .serving.chat import ChatFlavor, chat_prompt
 from .serving.completion import TextFlavor, completion_prompts
 from .serving.generation import Generation
 from .serving.moderation import moderate
-from .vectors import NAME_RE
+from .vectors import NAME_MAX, NAME_PATTERN
 
 log = logging.getLogger("lasa.server")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -81,7 +81,7 @@ def _vector_routes(app: FastAPI, rt: Runtime) -> None:
         return {"object": "list", "data": data}
 
     @app.post("/v1/steering/vectors/{name}/load", responses={**ERRORS, 403: ERRORS[400]})
-    async def load_vector(name: Annotated[str, Path(max_length=128, pattern=NAME_RE.pattern)],
+    async def load_vector(name: Annotated[str, Path(max_length=NAME_MAX, pattern=NAME_PATTERN)],
                           request: Request) -> dict[str, Any]:
         _check_admin(rt, request)
         try:
@@ -124,27 +124,58 @@ def _api_routes(app: FastAPI, rt: Runtime) -> None:
 
 # --------------------------------------------------------------------- helpers
 def _document_config(app: FastAPI, rt: Runtime) -> None:
-    """The schema says what this server's configuration accepts: the model id it serves and
-    the most moderation inputs (``--max-moderation-inputs``)."""
+    """The schema says what this server's configuration accepts: the model id it serves,
+    the most choices (``--max-n``, ``--max-batch``), prompts (``--max-batch``) and
+    moderation inputs (``--max-moderation-inputs``) per request, and the token ids of its
+    vocabulary."""
     base = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = base()
-            for name in ("ChatCompletionRequest", "CompletionRequest"):
-                props = schema.get("components", {}).get("schemas", {}).get(name, {}).get(
-                    "properties", {})
-                if "model" in props:
-                    props["model"]["enum"] = [rt.model_name]
-            moderation = schema.get("components", {}).get("schemas", {}).get(
-                "ModerationRequest", {}).get("properties", {}).get("input", {})
-            for branch in moderation.get("anyOf", ()):
-                if branch.get("type") == "array":
-                    branch["maxItems"] = rt.config.max_moderation_inputs
+            _configure_schema(schema, rt)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _branches(prop: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(prop.get("anyOf", ())) or [prop]
+
+
+def _configure_schema(schema: dict[str, Any], rt: Runtime) -> None:
+    models = schema.get("components", {}).get("schemas", {})
+    c = rt.config
+    choices = min(c.max_n, c.max_batch)
+    vocab = int(getattr(rt.model.config, "vocab_size", 0) or len(rt.tok))
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        props = models.get(name, {}).get("properties", {})
+        if "model" in props:
+            props["model"]["enum"] = [rt.model_name]
+        for branch in _branches(props.get("n", {})):
+            if branch.get("type") == "integer":
+                branch["maximum"] = choices
+    for branch in _branches(models.get("CompletionRequest", {}).get("properties", {}).get(
+            "prompt", {})):
+        if branch.get("type") != "array":
+            continue
+        items = branch.get("items", {})
+        if items.get("type") == "integer":  # one token prompt
+            items["maximum"] = vocab - 1
+        elif items.get("type") == "array":  # several token prompts
+            branch["maxItems"] = c.max_batch
+            items.get("items", {})["maximum"] = vocab - 1
+        else:  # several text prompts
+            branch["maxItems"] = c.max_batch
+    moderation = models.get("ModerationRequest", {}).get("properties", {}).get("input", {})
+    for branch in _branches(moderation):
+        if branch.get("type") == "array":
+            branch["maxItems"] = c.max_moderation_inputs
+    card = schema.get("paths", {}).get("/v1/models/{model_id}", {}).get("get", {})
+    for param in card.get("parameters", ()):
+        if param.get("name") == "model_id":
+            param["schema"]["enum"] = [rt.model_name]
 
 
 def _model_card(rt: Runtime) -> ModelCard:

@@ -20,14 +20,20 @@ from lasa_steer import LasaError, SteeringVector
 from lasa_steer.errors import VectorNameError
 
 log = logging.getLogger("lasa.server")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]{0,127}$")
+# Letters and digits, single '_', '-' or '.' between them (so never '..', nor a leading
+# dot), at most 128 characters. The same rule is the OpenAPI pattern of every vector name
+# (an ECMA/JSON-Schema regex: '$' is the end of the text there, hence fullmatch here).
+NAME_PATTERN = r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$"
+NAME_MAX = 128
+NAME_RE = re.compile(NAME_PATTERN[1:-1])
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name) or ".." in name or name.endswith(".safetensors"):
+    if len(name) > NAME_MAX or not NAME_RE.fullmatch(name):
         raise VectorNameError(
             f"vector name {name!r} is not valid: use the file stem of a .safetensors file in "
-            "the server's vector folder (letters, digits, '_', '-', '.')")
+            "the server's vector folder (letters and digits, single '_', '-' or '.' between "
+            f"them, at most {NAME_MAX} characters)")
     return name
 
 

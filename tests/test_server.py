@@ -364,7 +364,8 @@ def test_error_cases(served):
     _err(httpx.post(url, json={"model": MODEL, "messages": msgs,
                                "steering": {"strength": "inf"}}), 400)
     _err(httpx.post(url, json={"model": MODEL, "messages": msgs,
-                               "steering": {"direction": "sideways"}}), 400, param="steering")
+                               "steering": {"direction": "sideways"}}), 404,
+         param="steering.direction")  # a name the vector lacks, like an unknown vector
     with pytest.raises(openai.NotFoundError) as exc:
         c.chat.completions.create(model="gpt-4o", messages=msgs)
     assert exc.value.status_code == 404 and exc.value.body["code"] == "model_not_found"

@@ -124,7 +124,7 @@ def test_reload_of_malformed_vector_file_is_a_400(live):
     ("/v1/chat/completions", "seed", True),
     ("/v1/completions", "logprobs", False),
     ("/v1/completions", "echo", "true"),
-    ("/v1/completions", "n", 1.0),
+    ("/v1/completions", "n", 1.5),
 ])
 def test_loose_types_are_refused(live, path, field, value):
     """Values OpenAI rejects are not coerced: a 400 naming the field."""
@@ -139,6 +139,11 @@ def test_strict_types_keep_valid_values(live):
     resp = client.post("/v1/completions", json={
         "model": MODEL, "prompt": "hi", "n": 1, "echo": False, "temperature": 0,
         "max_tokens": 1, "stream": False, "steering": {"mode": "off", "strength": 1}})
+    assert resp.status_code == 200, resp.text
+    # a JSON number without a fraction is an integer, as in JSON Schema (so in the OpenAPI
+    # schema): "n": 1.0 and token id 12.0 are valid, not refused
+    resp = client.post("/v1/completions", json={
+        "model": MODEL, "prompt": [12.0, 13], "n": 1.0, "max_tokens": 1.0})
     assert resp.status_code == 200, resp.text
 
 

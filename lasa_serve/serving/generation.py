@@ -55,7 +55,8 @@ class Generation:
                            " choices per request", param="n")
         if len(prompts) * self.n > rt.config.max_batch:
             raise APIError(400, f"{len(prompts)} prompts x n={self.n} exceed the batch limit of "
-                           f"{rt.config.max_batch} rows", param="prompt")
+                           f"{rt.config.max_batch} rows", param="prompt",
+                           code="batch_limit_exceeded")
         self.row, self.steer_info = resolve_steering(rt, req.steering)
         self.max_tokens: list[int] = []
         for i, ids in enumerate(prompts):

@@ -27,6 +27,10 @@ def resolve_steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, S
             raise APIError(404, f"steering.vector {name!r}: no such vector; loaded: "
                            f"{rt.vectors.names()}", param="steering.vector",
                            code="vector_not_found")
+    if s.direction is not None and vector is not None and s.direction not in vector.directions:
+        raise APIError(404, f"steering.direction {s.direction!r}: vector {name!r} has no such "
+                       f"direction; it has {sorted(vector.directions)}",
+                       param="steering.direction", code="direction_not_found")
     if vector is None or mode == "off":
         return OFF, SteeringResult(vector=name if vector is not None else None, mode="off",
                                    action=None, strength=0.0)
