@@ -4,12 +4,26 @@ A :class:`Prefill` holds the prompts of some jobs (left-padded), their KV cache 
 :class:`~lasa_steer.BatchState`, and runs their prompt pass either whole or one chunk of
 columns per scheduler iteration; the running rows' decode step runs between two chunks.
 
-Chunking is exact only for rows whose steering needs no gate read: the gate pools states
-over the whole prompt (its last token, the language mean) and a fired gate steers every
-prompt token, so a row in mode ``gate`` with a vector is prefilled whole (see
-:attr:`Prefill.chunkable`); ``--max-prompt-tokens`` bounds its prompt instead. A non-final
-chunk leaves the rows' forced-opener step count (``prefix``/``refuse``) as it was: the
-LM-head hook counts one token per pass, and only the last chunk's logits are sampled.
+Chunks give what the whole pass gives, for every mode:
+
+* ``off``/``always`` rows need no gate: each chunk is steered (or not) as the whole pass.
+* ``gate`` rows: the gate pools the whole prompt at its block (the last real token, or the
+  mean, plus the mean at the language block of a language-aware gate). The state's
+  ``more_prompt`` flag is set on every chunk but the last, so the engine adds each chunk's
+  states to running sums (:meth:`BatchState.pooled`) and decides, with THE decision
+  (:func:`lasa_steer.steering.gate.decide`), on the last chunk, from the whole prompt.
+  In a whole pass a fired row is steered from the gate block on, for every prompt token of
+  that same pass; so when a row fired and steers the prompt (an ``add``/``project``/
+  ``clamp`` row, or ``prefix`` with a strength), the earlier chunks, run before the
+  decision, lacked that steering: the prompt is prefilled once more, chunk by chunk, with
+  the decision already made (steering at or after the gate block only, as
+  :class:`~lasa_steer.RowSteering` requires for mode ``gate``), which is exactly the whole
+  pass. A row that did not fire, or fired without steering the prompt (``refuse``, or
+  ``prefix`` at strength 0), keeps the first run's cache: nothing was steered in it.
+
+A chunk that is not the last leaves the rows' forced-opener step count (``prefix``/
+``refuse``) as it was: the LM-head hook counts one token per pass, and only the last
+chunk's logits are sampled.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ class Prefill:
     cache: DynamicCache = field(default_factory=DynamicCache)
     done: int = 0  # prompt columns already run
     logits: torch.Tensor | None = None  # [B, V] after the last chunk
+    replay: bool = False  # the prompt is being run again, its gates decided
 
     @classmethod
     def start(cls, jobs: list[Job], pad: int | None, device: torch.device) -> "Prefill":
@@ -50,11 +65,6 @@ class Prefill:
     @property
     def rows(self) -> int:
         return sum(j.n for j in self.jobs)
-
-    @property
-    def chunkable(self) -> bool:
-        """Whether the prompts may be prefilled in chunks: no gate is read in their pass."""
-        return bool(self.state.decided.all())
 
     @property
     def cancelled(self) -> bool:
@@ -67,17 +77,32 @@ class Prefill:
         a = self.done
         b = width if budget is None else min(width, a + max(budget, 1))
         steps = self.state.steps.clone()
-        engine.use(self.state)  # undecided gates are read in this (whole-prompt) pass
-        with torch.inference_mode():
-            out = model(input_ids=self.ids[:, a:b], attention_mask=self.mask[:, :b],
-                        position_ids=position_ids(self.mask)[:, a:b], use_cache=True,
-                        logits_to_keep=1, **{cache_kw: self.cache})
+        undecided = ~self.state.decided
+        self.state.more_prompt = b < width  # gates decide on the last chunk only
+        engine.use(self.state)
+        try:
+            with torch.inference_mode():
+                out = model(input_ids=self.ids[:, a:b], attention_mask=self.mask[:, :b],
+                            position_ids=position_ids(self.mask)[:, a:b], use_cache=True,
+                            logits_to_keep=1, **{cache_kw: self.cache})
+        finally:
+            self.state.more_prompt = False
         self.done = b
         if b < width:  # this chunk's logits are not sampled: no opener token was used
             self.state.steps = steps
             return False
+        if a > 0 and self._steers_prompt(undecided):
+            # gates decided on this last chunk fired: run the prompt again, steered throughout
+            self.cache, self.done, self.replay = DynamicCache(), 0, True
+            self.state.steps = steps
+            return False
         self.logits = out.logits[:, -1, :]
         return True
+
+    def _steers_prompt(self, rows: torch.Tensor) -> bool:
+        """Whether one of ``rows`` (bool [B]) fired and is steered on its prompt tokens."""
+        return any(bool(rows[i]) and bool(self.state.fired[i]) and bool(r.steer_points())
+                   for i, r in enumerate(self.state.rows))
 
     def report(self, metrics: Metrics) -> list[int]:
         """Copy the gate results to the jobs, emit their ``steering`` events, count the

@@ -111,8 +111,8 @@ class Scheduler:
             try:
                 self._drop()
                 pre = self._begin([long] if long is not None else admitted)
-                if long is not None and pre is not None and pre.chunkable:
-                    self._partial, pre = pre, None  # over the budget: in chunks when exact
+                if long is not None and pre is not None:
+                    self._partial, pre = pre, None  # over the budget: in chunks
                 if self._partial is not None:
                     self._prefill(self._partial, max(budget, MIN_CHUNK))
                 if pre is not None:
@@ -129,7 +129,7 @@ class Scheduler:
     def _admit(self) -> tuple[list[Job], Job | None, int]:
         """Waiting jobs to prefill whole this iteration (FIFO, within the rows and the
         iteration's token budget), a job whose prompt alone exceeds the budget (prefilled
-        in chunks, or whole and alone when its gate needs the whole prompt), and the budget
+        in chunks, whatever its steering mode: :mod:`lasa_serve.prefill`), and the budget
         left for a chunk."""
         out: list[Job] = []
         rows = len(self._rows) + (self._partial.rows if self._partial else 0)

@@ -186,7 +186,8 @@ if __name__ == "__main__":
 def test_chunked_prefill_matches_whole_prefill():
     """A prompt longer than the step budget is prefilled in chunks between decode steps:
     greedy outputs are those of a whole prefill (steering 'always' steers every chunk, a
-    forced 'prefix' opener starts at its first token) and a gate row is prefilled whole."""
+    forced 'prefix' opener starts at its first token, a fired gate row is decided on the
+    last chunk and prefilled again, steered: tests/test_chunked_gate.py has more)."""
     from lasa_steer.steering.openers import Openers
     from lasa_serve.prefill import MIN_CHUNK
 

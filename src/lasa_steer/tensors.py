@@ -60,6 +60,40 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     raise SteeringConfigError(f"pooling={pooling!r}: use 'last' or 'mean'")
 
 
+class PooledSum:
+    """:func:`pool` over a prompt that runs in several passes (chunked prefill): add each
+    pass's ``hidden``/``mask`` for some rows; :meth:`result` is what :func:`pool` gives on
+    the whole prompt (bit for bit when it came in one pass): the mean keeps a float32 sum
+    and a count of real tokens, the last token is that of the latest pass with a real one."""
+
+    def __init__(self, rows: int, hidden: int, pooling: str):
+        if pooling not in ("last", "mean"):
+            raise SteeringConfigError(f"pooling={pooling!r}: use 'last' or 'mean'")
+        self.pooling = pooling
+        self.total = torch.zeros(rows, hidden)
+        self.count = torch.zeros(rows, 1)
+        self.seen = torch.zeros(rows, dtype=torch.bool)
+
+    def add(self, rows: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> None:
+        """Add one pass of ``rows`` (CPU indices): ``hidden [k, T, H]``, ``mask [k, T]``."""
+        if self.pooling == "mean":
+            h = hidden.float()
+            m = mask.to(h.device).float()[:, :, None]
+            self.total[rows] += (h * m).sum(1).cpu()
+            self.count[rows] += m.sum(1).cpu()
+            return
+        real = mask.bool().any(1).cpu()
+        take = real | ~self.seen[rows]  # a row's first pass, or one with a real token
+        self.total[rows[take]] = pool(hidden, mask, "last").cpu()[take]
+        self.seen[rows] = True
+
+    def result(self, rows: torch.Tensor) -> torch.Tensor:
+        """Float32 ``[k, H]`` pooled states of ``rows`` over every pass added."""
+        if self.pooling == "mean":
+            return self.total[rows] / self.count[rows].clamp_min(1.0)
+        return self.total[rows].clone()
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad: int | None,
              device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists as left-padded ``(input_ids, attention_mask)``, as for generation."""

@@ -8,8 +8,10 @@ the only way to set it (``steer()``, the server's scheduler and the eval all go 
 On a pass where some row's gate is undecided, the engine reads it at the gate's point from
 the pass's attention mask (last real token or mean, left or right padding) through
 :func:`lasa_steer.steering.gate.decide`, then keeps the decision for the rest of the
-request. When no row of a batch is active the hooks return their input untouched, so
-outputs are bit-identical to the vanilla model.
+request. A prompt may also run in several passes (chunked prefill): while the state's
+``more_prompt`` is set, the reads add up (:meth:`BatchState.pooled`) and the gate is decided
+on the pass that ends the prompt, as if it had run whole. When no row of a batch is active
+the hooks return their input untouched, so outputs are bit-identical to the vanilla model.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..errors import SteeringConfigError
 from ..model.layers import LayerMap, find_layers
-from ..tensors import install_hook, pass_mask, pool
+from ..tensors import install_hook, pass_mask
 from ..types import Point
 from .gate import LID_POOLING, decide
 from .openers import force
@@ -98,6 +100,8 @@ class SteeringEngine:
             return
         state.pool_mask = None if bool(state.decided.all()) else pass_mask(args, kwargs)
         state.lid_states = None
+        if state.pool_mask is not None:
+            state.begin_pass()
 
     def _on_logits(self, module: nn.Module, args: tuple, output: Any) -> Any:
         state = self.state
@@ -120,32 +124,40 @@ class SteeringEngine:
         if plan is None:
             return None
         if plan.lid_rows is not None and state.pool_mask is not None:
-            self._read_languages(state, plan.lid_rows, hidden)
+            self._read_languages(state, point, plan.lid_rows, hidden)
         if plan.gates and state.pool_mask is not None:
-            self._read_gates(state, plan, hidden)
+            self._read_gates(state, point, plan, hidden)
         upd = plan.update
         if upd is None:
             return None
         return upd.apply(hidden, state.fired.to(hidden.device))
 
     @staticmethod
-    def _read_gates(state: BatchState, plan: PointPlan, hidden: torch.Tensor) -> None:
+    def _read_gates(state: BatchState, point: Point, plan: PointPlan,
+                    hidden: torch.Tensor) -> None:
         mask: Any = state.pool_mask
         for group in plan.gates:
             pending = group.rows[~state.decided[group.rows]]
             if pending.numel() == 0:
                 continue
             dev = pending.to(hidden.device)
-            pooled = pool(hidden[dev], mask.to(hidden.device)[dev], group.gate.pooling)
+            pooled = state.pooled(point, group.gate.pooling, pending, hidden[dev],
+                                  mask.to(hidden.device)[dev])
+            if pooled is None:  # more of the prompt follows: decide on its last pass
+                continue
             lid = None if state.lid_states is None else state.lid_states[pending]
             state.record(pending, decide(group.gate, pooled, lid))
 
     @staticmethod
-    def _read_languages(state: BatchState, rows: torch.Tensor, hidden: torch.Tensor) -> None:
+    def _read_languages(state: BatchState, point: Point, rows: torch.Tensor,
+                        hidden: torch.Tensor) -> None:
         """Mean states of ``rows`` at their gate's language point, for :func:`decide`."""
         mask: Any = state.pool_mask
+        dev = rows.to(hidden.device)
+        pooled = state.pooled(point, LID_POOLING, rows, hidden[dev],
+                              mask.to(hidden.device)[dev])
+        if pooled is None:
+            return
         if state.lid_states is None:
             state.lid_states = torch.zeros(len(state), hidden.shape[-1])
-        dev = rows.to(hidden.device)
-        state.lid_states[rows] = pool(hidden[dev], mask.to(hidden.device)[dev],
-                                      LID_POOLING).cpu()
+        state.lid_states[rows] = pooled.cpu()

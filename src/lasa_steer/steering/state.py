@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from ..tensors import PooledSum, pool
 from ..types import Point
 from ..vector.file import Gate
 from .gate import GateDecision
@@ -130,6 +131,12 @@ class BatchState:
     # language-identification states read in it:
     pool_mask: torch.Tensor | None = None
     lid_states: torch.Tensor | None = None
+    # A prompt run in several passes (chunked prefill): while ``more_prompt`` is set, the
+    # undecided rows' gate and language reads add the pass's tokens to ``reads`` and do not
+    # decide; the pass run with it unset decides from the whole prompt, as one pass would.
+    more_prompt: bool = False
+    reads: dict[tuple[Point, str], PooledSum] = field(default_factory=dict, repr=False)
+    _continued: bool = field(default=False, repr=False)  # the previous pass had more_prompt
     _plans: dict[Point, PointPlan | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -192,6 +199,26 @@ class BatchState:
             self._plans[point] = PointPlan(gates, update, lid) \
                 if gates or update or lid is not None else None
         return self._plans[point]
+
+    def begin_pass(self) -> None:
+        """A pass that reads gates starts: a new prompt unless the last pass said more of
+        its prompt follows (then the reads so far are kept)."""
+        if not self._continued:
+            self.reads.clear()
+        self._continued = self.more_prompt
+
+    def pooled(self, point: Point, pooling: str, rows: torch.Tensor, hidden: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor | None:
+        """The pooled states of ``rows`` (CPU indices) at ``point`` over their prompt, from
+        this pass's ``hidden [k, T, H]`` and ``mask [k, T]`` of those rows and, for a prompt
+        run in several passes, the earlier ones; None while more of the prompt follows."""
+        if not self.more_prompt and not self.reads:  # the whole prompt is in this pass
+            return pool(hidden, mask, pooling)
+        acc = self.reads.get((point, pooling))
+        if acc is None:
+            acc = self.reads[(point, pooling)] = PooledSum(len(self), hidden.shape[-1], pooling)
+        acc.add(rows, hidden, mask)
+        return None if self.more_prompt else acc.result(rows)
 
     def record(self, rows: torch.Tensor, decision: GateDecision) -> None:
         """Store gate results for ``rows`` (CPU indices); they stay for the request."""
