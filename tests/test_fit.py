@@ -247,7 +247,8 @@ def test_fit_splices_search_subset_and_rest_in_train_order(tmp_path):
     val = _write_data(tmp_path / "val.jsonl", 8, 1)
     cfg = FitConfig(layer=1, strengths=(1.0,), contrastive_per_language=2, silhouette_groups=5,
                     calib_harmful_per_language=1, calib_harmless_per_language=1,
-                    max_new_tokens=2, progress=False, capture_dtype="model", gate_shrinkage=())
+                    max_new_tokens=2, progress=False, capture_dtype="model", gate_shrinkage=(),
+                    gate_probe=0)
     res = fit(model, tok, train, val, cfg,
               judge=lambda text, lang: False)
     cap = res.report["capture"]

@@ -2,7 +2,10 @@
 
 Adds language centroids and a threshold per language (at ``--fpr`` on each language's
 harmless PolyRefuse validation prompts) to an existing vector file, without refitting its
-directions (see :mod:`lasa_steer.fit.languages`). ``--action`` also sets the file's
+directions (see :mod:`lasa_steer.fit.languages`). ``--gate refit`` then refits the gate's
+score at its block (linear candidates and an MLP probe, chosen by worst-language and
+held-out-style TPR) with thresholds that also hold on hard negatives
+(:mod:`lasa_steer.fit.regate`). ``--action`` also sets the file's
 default action (e.g. ``refuse``: the reply of a fired row is a refusal sentence in the
 prompt's language)."""
 
@@ -32,6 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="validation prompts per language and label (default: all)")
     p.add_argument("--action", choices=ACTIONS, default=None,
                    help="also set the file's default action")
+    p.add_argument("--gate", choices=("keep", "refit"), default="keep",
+                   help="refit: also refit the gate's score and thresholds (default keep)")
+    p.add_argument("--train-limit", type=int, default=60,
+                   help="with --gate refit: PolyRefuse train rows per language and label "
+                        "(default 60)")
+    p.add_argument("--hard-negatives", type=int, default=400,
+                   help="with --gate refit: harmless look-alikes from refusal_direction "
+                        "train, half to train, half to calibrate (default 400; 0 = none)")
+    p.add_argument("--probe-hidden", type=int, default=64,
+                   help="with --gate refit: width of the MLP probe candidate (0 = none)")
     p.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=run)
@@ -53,8 +66,22 @@ def run(args: argparse.Namespace) -> int:
     vector.check_model(model)
     train = load_polyrefuse(args.data_dir, "train")
     val = load_polyrefuse(args.data_dir, "val", limit=args.val_limit)
-    out, report = calibrate_languages(model, tok, vector, train, val, args.fpr, args.lid_layer,
-                                      args.per_language)
+    if not (vector.gate and vector.gate.language_aware) or args.gate == "keep":
+        vector, report = calibrate_languages(model, tok, vector, train, val, args.fpr,
+                                             args.lid_layer, args.per_language)
+    out = vector
+    if args.gate == "refit":
+        from ..fit.hard_negatives import refusal_direction_hard_negatives
+        from ..fit.probe import ProbeConfig
+        from ..fit.regate import RegateConfig, regate
+        hard = refusal_direction_hard_negatives(args.data_dir, args.hard_negatives) \
+            if args.hard_negatives else []
+        cfg = RegateConfig(fpr=args.fpr, probe=ProbeConfig(hidden=args.probe_hidden)
+                           if args.probe_hidden else None)
+        gate_train = load_polyrefuse(args.data_dir, "train", limit=args.train_limit)
+        out, report = regate(model, tok, vector, gate_train, val, hard, cfg)
+        print(f"gate: chose {report['gate_choice']!r}; hard-negative calibration FPR "
+              f"{report['hard_negatives']['calibration_fpr']}")
     if args.action:  # the calibrated strength stays: it is what action 'add' uses
         out = replace(out, default_action=args.action)
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)

@@ -29,6 +29,14 @@ def describe(vector: SteeringVector) -> str:
         g = vector.gate
         lines.append(f"gate         block {g.layer} {g.site}, pooling {g.pooling}, "
                      f"threshold {g.threshold:.4g}")
+        report = vector.extra.get("language_gate", {})
+        score = f"MLP probe ({g.probe.hidden} hidden, gelu)" if g.probe else "direction"
+        chose = f", chosen as {report['gate_choice']!r}" if report.get("gate_choice") else ""
+        lines.append(f"gate score   {score}{chose}")
+        hard = report.get("hard_negatives")
+        if hard:
+            lines.append(f"hard negs    {hard['train']} trained on, {hard['calibration']} "
+                         f"calibrated on (FPR there {hard['calibration_fpr']:.3f})")
         if g.language_aware:
             lines.append(f"languages    {len(g.languages)} centroids at block {g.lid_layer} "
                          f"(mean state); thresholds at FPR {g.fpr}; others: {g.threshold:.4g}")

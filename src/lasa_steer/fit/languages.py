@@ -73,10 +73,10 @@ def calibrate_languages(model: nn.Module, tokenizer: Any, vector: SteeringVector
             thresholds[lang] = threshold_for_fpr(neg, fpr)
     calibrated = replace(probe, thresholds=thresholds)
     out = replace(vector, gate=calibrated)
-    return out, _report(calibrated, d.scores, d.langs, labels, vlangs, fpr)
+    return out, language_report(calibrated, d.scores, d.langs, labels, vlangs, fpr)
 
 
-def _report(gate: Any, scores: torch.Tensor, found: Sequence[str | None], labels: torch.Tensor,
+def language_report(gate: Any, scores: torch.Tensor, found: Sequence[str | None], labels: torch.Tensor,
             langs: Sequence[str], fpr: float) -> dict[str, Any]:
     fired = torch.tensor([s > gate.threshold_for(f) for s, f in zip(scores.tolist(), found)])
     per: dict[str, dict[str, float]] = {}

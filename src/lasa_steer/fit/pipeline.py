@@ -7,10 +7,11 @@ Pipeline (each step's figures go into the report and the vector's metadata):
    rows per language) at every block, the other rows only up to the deepest block needed;
 2. choose the bottleneck (:mod:`lasa_steer.fit.bottleneck`) from the search subset: meaning vs
    language silhouettes of the aligned harmful rows, leave-one-language-out transfer AUROC;
-3. gate direction there: per-language unit difference of means, averaged, language-centroid
-   subspace projected out (:func:`lasa_steer.fit.directions.harm_direction`), and its
-   Fisher-whitened variants (:func:`lasa_steer.fit.directions.whitened_direction`); the one with
-   the best mean per-language validation AUROC is kept;
+3. gate candidates there: per-language unit difference of means, averaged, language-centroid
+   subspace projected out (:func:`lasa_steer.fit.directions.harm_direction`), its
+   Fisher-whitened variants (:func:`lasa_steer.fit.directions.whitened_direction`) and a small
+   MLP probe (:mod:`lasa_steer.fit.probe`); the one with the best worst-language plus
+   held-out-style validation TPR at the target FPR is kept (:mod:`lasa_steer.fit.gate_fit`);
 4. refusal direction at the blocks after the bottleneck, two candidates: the difference of
    means at the post-instruction position, and contrastive completions (the same harmful
    prompt followed by a refusal start vs a compliance start);
@@ -35,15 +36,17 @@ from ..errors import FitConfigError
 from ..eval.judges.pattern import is_refusal
 from ..model.identity import ModelIdentity
 from ..model.layers import LayerMap, find_layers
-from ..steering.gate import decide, score
 from ..types import HARMFUL, HARMLESS, Point
-from ..vector.file import Gate, SteeringVector
+from ..vector.file import SteeringVector
 from .bottleneck import DEFAULT_BAND, LayerReport, bottleneck_of
-from .calibrate import choose_trial, gated_check, strength_trials, threshold_for_fpr
+from .calibrate import choose_trial, gated_check, strength_trials
 from .languages import calibrate_languages
-from .candidates import clamp_targets, gate_candidates, refusal_candidates, refusal_layers_for
+from .candidates import clamp_targets, refusal_candidates, refusal_layers_for
+from .gate_fit import GateFit, calibrate_gate
+from .probe import ProbeConfig
+from .regate import RegateConfig, gate_trainer
 from .data import Example
-from .directions import auroc_row, harm_direction, lang_mean
+from .directions import auroc_row, harm_direction
 from .precision import capture_model
 from .report import (FitReport, gate_section, provenance, refusal_section, summary,
                      write_report)
@@ -81,6 +84,7 @@ class FitConfig:
     capture_dtype: str = "auto"
     comparison_val_per_language: int = 20    # val rows per label for the first/last table
     gate_shrinkage: Sequence[float] = (0.3, 1.0, 3.0)  # whitened gate candidates; () = off
+    gate_probe: int = 64                     # hidden width of the MLP probe candidate; 0 = off
     # A language-aware gate (fit.languages): centroids from this many training prompts per
     # language and a threshold per language at ``fpr``; False keeps one pooled threshold.
     language_gate: bool = True
@@ -88,6 +92,12 @@ class FitConfig:
     batch_size: int = 16
     seed: int = 0
     progress: bool = True
+
+    def regate(self) -> RegateConfig:
+        """The gate-candidate settings (:mod:`lasa_steer.fit.regate`)."""
+        probe = ProbeConfig(hidden=self.gate_probe, seed=self.seed) if self.gate_probe else None
+        return RegateConfig(fpr=self.fpr, probe=probe, shrinkage=tuple(self.gate_shrinkage),
+                            remove_language=self.remove_language)
 
 
 @dataclass
@@ -120,19 +130,6 @@ class Captures:
         self.copy, self.copy_lm = self.model, self.lm
 
 
-@dataclass
-class GateFit:
-    """The gate chosen on validation, with the figures it was chosen by."""
-
-    gate: Gate
-    method: str
-    candidates: dict[str, dict[str, float]]  # per candidate: AUROC per language and "all"
-    auroc: dict[str, float]  # the chosen gate's row
-    val_fpr: float
-    val_tpr: float
-    per_language: dict[str, dict[str, float]]
-
-
 def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequence[Example],
         config: FitConfig | None = None, judge: Callable[[str, str], bool] | None = None,
         data_info: dict[str, Any] | None = None) -> FitResult:
@@ -156,11 +153,14 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
     rlayers = _refusal_layers(cfg, bottleneck, n)
     states = _train_states(grab, train, search, sub_states, sorted({bottleneck, *rlayers}))
     labels, langs = [e.label for e in train], [e.lang for e in train]
-    gate_cands, hd = gate_candidates(states[bottleneck], labels, langs,            # 3
-                                     cfg.remove_language, cfg.gate_shrinkage)
+    hd = harm_direction(states[bottleneck], labels, langs,                         # 3
+                        remove_language=cfg.remove_language)
     cands = refusal_candidates(grab, states, train, rlayers, cfg)                  # 4
     targets = clamp_targets(states, labels, cands)
-    gate_fit = _calibrate_gate(grab, val, bottleneck, gate_cands, cfg)             # 5a
+    vstates = grab([e.text for e in val], [("resid_post", bottleneck)],           # 5a
+                   "validation prompts", deployed=True)[("resid_post", bottleneck)]
+    gate_fit = calibrate_gate(states[bottleneck], train, vstates, val, bottleneck,
+                              gate_trainer(cfg.regate()), cfg.fpr)
     table = _compare_layers(grab, val, sub, sub_states, bottleneck, gate_fit, cfg)
     grab.release()
     steer_layers = list(cfg.steer_layers) if cfg.steer_layers is not None else rlayers[:1]
@@ -248,33 +248,6 @@ def _train_states(grab: Captures, train: Sequence[Example], search: list[int],
             full[torch.tensor(rest, dtype=torch.long)] = got[("resid_post", layer)]
         states[layer] = full
     return states
-
-
-def _calibrate_gate(grab: Captures, val: Sequence[Example], bottleneck: int,
-                    cands: dict[str, torch.Tensor], cfg: FitConfig) -> GateFit:
-    """5a. The candidate with the best mean per-language validation AUROC, and its threshold
-    for the target FPR, on the model as deployed (its own dtype), up to the gate block."""
-    point = ("resid_post", bottleneck)
-    vstates = grab([e.text for e in val], [point], "validation prompts", deployed=True)[point]
-    labels = torch.tensor([e.label for e in val])
-    langs = [e.lang for e in val]
-    unset = {name: Gate(layer=bottleneck, direction=d, threshold=0.0) for name, d in cands.items()}
-    rows = {name: auroc_row(score(g, vstates), labels, langs) for name, g in unset.items()}
-    method = max(rows, key=lambda k: (lang_mean(rows[k]), k == "diffmean"))
-    scores = score(unset[method], vstates)
-    gate = Gate(layer=bottleneck, direction=cands[method],
-                threshold=threshold_for_fpr(scores[labels == HARMLESS], cfg.fpr))
-    fired = decide(gate, vstates).fired.double()
-
-    def rate(m: torch.Tensor) -> float:
-        return float(fired[m].mean()) if bool(m.any()) else float("nan")
-    per_language = {}
-    for lang in sorted(set(langs)):
-        m = torch.tensor([x == lang for x in langs])
-        per_language[lang] = {"tpr": rate(m & (labels == HARMFUL)),
-                              "fpr": rate(m & (labels == HARMLESS))}
-    return GateFit(gate, method, rows, auroc_row(scores, labels, langs),
-                   rate(labels == HARMLESS), rate(labels == HARMFUL), per_language)
 
 
 def _comparison_rows(val: Sequence[Example], cfg: FitConfig) -> list[Example]:

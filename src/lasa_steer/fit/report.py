@@ -47,6 +47,7 @@ def gate_section(g: Any, hd: Any, target_fpr: float) -> dict[str, Any]:
     harm direction it was fit from."""
     return {"layer": g.gate.layer, "site": "resid_post", "threshold": g.gate.threshold,
             "method": g.method, "candidates": candidate_table(g.candidates),
+            "choice": g.choice,
             "target_fpr": target_fpr, "val_fpr": g.val_fpr, "val_tpr": g.val_tpr,
             "language_subspace_rank": hd.subspace_rank,
             "fraction_removed_by_language_projection": hd.fraction_removed,
@@ -127,8 +128,8 @@ def _markdown(rep: dict[str, Any], png: str) -> str:
              f"![fit report]({png})", "",
              f"- bottleneck (gate) block: **{rep['bottleneck']}** of {rep['num_layers']} "
              f"(resid_post); rule: {rep['bottleneck_rule']}",
-             f"- gate direction: **{g.get('method', 'diffmean')}** (best mean per-language "
-             "validation AUROC of: " + ", ".join(
+             f"- gate: **{g.get('method', 'diffmean')}** (best worst-language + held-out-"
+             "style validation TPR; mean per-language AUROC of: " + ", ".join(
                  f"{k} {v['mean_language_auroc']:.3f} (worst language "
                  f"{v['min_language_auroc']:.3f})" for k, v in g.get("candidates", {}).items())
              + ")",

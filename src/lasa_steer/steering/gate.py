@@ -38,7 +38,10 @@ class GateDecision:
 
 def score(gate: Gate, pooled: torch.Tensor) -> torch.Tensor:
     """Float32 CPU scores ``[B]`` of pooled states ``[B, H]`` (see
-    :func:`lasa_steer.tensors.pool`, with ``gate.pooling``); the fit calibrates on these."""
+    :func:`lasa_steer.tensors.pool`, with ``gate.pooling``); the fit calibrates on these.
+    A gate with an MLP probe scores with the probe, else with its direction."""
+    if gate.probe is not None:
+        return gate.probe(pooled)
     return pooled.detach().float().cpu() @ gate.direction.detach().float().cpu()
 
 

@@ -32,10 +32,11 @@ from ..model.identity import ModelIdentity
 from ..model.layers import find_layers
 from ..types import ACTIONS, POOLINGS, SITES
 from .gate import Gate, check_language_gate, language_fields
+from .probe import probe_fields
 from .schema import check_metadata
 
-FORMAT_VERSION = 2  # the newest format this version writes
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the newest format this version writes
+READ_VERSIONS = (1, 2, 3)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _DIR_KEY = re.compile(r"^direction\.([A-Za-z0-9_\-]+)\.(\d+)$")
 
@@ -81,7 +82,10 @@ class SteeringVector:
 
     @property
     def format_version(self) -> int:
-        """2 for a language-aware gate (older readers must refuse it), else 1."""
+        """The oldest format that holds this vector: 3 with an MLP probe gate, 2 with a
+        language-aware gate (older readers must refuse them), else 1."""
+        if self.gate is not None and self.gate.probe is not None:
+            return 3
         return 2 if self.gate is not None and self.gate.language_aware else 1
 
     def metadata(self) -> dict[str, Any]:
@@ -145,6 +149,8 @@ class SteeringVector:
             tensors.append(("gate.direction", g.direction))
             if g.language_aware:
                 check_language_gate(g, n, h, bad)
+            if g.probe is not None:
+                g.probe.check(h, bad)
         for key, t in tensors:
             if tuple(t.shape) != (h,):
                 raise bad(f"tensor {key!r} has shape {tuple(t.shape)}, expected ({h},) "
@@ -164,6 +170,8 @@ class SteeringVector:
             out["gate.direction"] = self.gate.direction.detach().float().cpu().contiguous()
             if self.gate.centroids is not None:
                 out["gate.centroids"] = self.gate.centroids.detach().float().cpu().contiguous()
+            if self.gate.probe is not None:
+                out.update(self.gate.probe.tensors())
         return out
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -224,7 +232,8 @@ class SteeringVector:
             m = _DIR_KEY.match(key)
             if m:
                 directions.setdefault(m.group(1), {})[int(m.group(2))] = t.float()
-            elif key not in ("gate.direction", "gate.centroids"):
+            elif key not in ("gate.direction", "gate.centroids") and \
+                    not key.startswith("gate.probe."):
                 raise ValueError(f"unexpected tensor {key!r}")
         declared = {n: sorted(int(x) for x in ls) for n, ls in meta["directions"].items()}
         found = {n: sorted(d) for n, d in directions.items()}
@@ -239,7 +248,8 @@ class SteeringVector:
                                       "'gate.direction' is missing")
             gate = Gate(layer=int(gm["layer"]), direction=tensors["gate.direction"].float(),
                         threshold=float(gm["threshold"]), site=str(gm["site"]),
-                        pooling=str(gm.get("pooling", "last")), **language_fields(gm, tensors, p))
+                        pooling=str(gm.get("pooling", "last")), **language_fields(gm, tensors, p),
+                        **probe_fields(gm, tensors, p))
         return cls(
             model=ModelIdentity.from_dict(meta["model"]),
             directions=directions,

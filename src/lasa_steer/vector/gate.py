@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import VectorFileError
+from .probe import Probe
 
 
 @dataclass
@@ -24,7 +25,9 @@ class Gate:
     prompts at false-positive rate ``fpr``. A prompt identified as a language without a
     threshold of its own gets ``threshold``, the one set on every harmless validation prompt
     pooled; a prompt in a language without a centroid is identified as the nearest one
-    (there is no distance check). See :mod:`lasa_steer.steering.gate`."""
+    (there is no distance check). Format-3 gates may carry a ``probe`` (a small MLP,
+    :mod:`lasa_steer.vector.probe`) that replaces the direction's score; ``direction`` then
+    stays as the linear reference. See :mod:`lasa_steer.steering.gate`."""
 
     layer: int
     direction: torch.Tensor
@@ -36,6 +39,7 @@ class Gate:
     lid_layer: int | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     fpr: float | None = None
+    probe: Probe | None = None
 
     @property
     def language_aware(self) -> bool:
@@ -51,6 +55,8 @@ class Gate:
         if self.language_aware:
             out.update(languages=list(self.languages), lid_layer=self.lid_layer,
                        thresholds=dict(self.thresholds), fpr=self.fpr)
+        if self.probe is not None:
+            out["probe"] = self.probe.meta()
         return out
 
 

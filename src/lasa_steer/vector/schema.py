@@ -65,7 +65,7 @@ MODEL = Obj({"name": STR, "architecture": STR, "hidden_size": INT, "num_layers":
             frozenset({"name", "architecture", "hidden_size", "num_layers"}))
 GATE = Obj({"layer": INT, "threshold": NUM, "site": STR, "pooling": STR,
             "languages": ListOf(STR), "thresholds": MapOf(NUM), "fpr": nullable(NUM),
-            "lid_layer": nullable(INT)},
+            "lid_layer": nullable(INT), "probe": Obj({"hidden": INT, "activation": STR})},
            frozenset({"layer", "threshold", "site"}))
 METADATA = Obj({"format_version": VERSION, "model": MODEL, "gate": GATE, "site": STR,
                 "directions": MapOf(ListOf(INT)), "default_direction": STR,
