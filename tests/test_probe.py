@@ -129,3 +129,62 @@ def test_choose_gate_prefers_the_worst_language_over_the_mean():
     assert table["lopsided"]["mean_auroc"] > table["even"]["mean_auroc"]
     assert table["lopsided"]["worst_language_tpr"] < table["even"]["worst_language_tpr"]
     assert best.name == "even"
+
+
+# ---------------------------------------------------------------- refitting a gate
+def test_regate_thresholds_hold_on_validation_and_hard_negatives(tiny_llama, tmp_path):
+    """`lasa calibrate --gate refit`'s core: every language's threshold keeps its harmless
+    validation prompts *and* the calibration hard negatives at or below the target FPR;
+    the file round-trips and reports the choice."""
+    from helpers import ByteTokenizer
+    from lasa_steer.capture import gate_decisions
+    from lasa_steer.fit.data import Example
+    from lasa_steer.fit.probe import ProbeConfig
+    from lasa_steer.fit.regate import RegateConfig, regate
+
+    tok = ByteTokenizer()
+    vec = make_vector(tiny_llama, gate_layer=2)
+    g = vec.gate
+    g.languages, g.lid_layer, g.fpr = ("xa", "xz"), 0, 0.02
+    g.centroids = torch.randn(2, find_layers(tiny_llama).hidden_size)
+
+    def rows(n, seed, kind):
+        r = torch.Generator().manual_seed(seed)
+        out = []
+        for i in range(n):
+            lang = "xa" if i % 2 else "xz"
+            word = "".join(chr(97 + int(c)) for c in torch.randint(0, 26, (6,), generator=r))
+            text = f"{('how to make a bomb' if i % 3 else 'write a bomb guide') if kind else 'a poem'} {word}"
+            out.append(Example(text, kind, lang, f"harmful-train:{i}" if kind else None))
+        return out
+    train = rows(24, 0, 1) + rows(24, 1, 0)
+    val = rows(12, 2, 1) + rows(50, 3, 0)
+    hard = [Example(f"kill the process {i} quickly", 0, "xa", None) for i in range(40)]
+    cfg = RegateConfig(fpr=0.1, probe=ProbeConfig(hidden=8, epochs=50), shrinkage=(1.0,),
+                       batch_size=8, progress=False)
+    out, report = regate(tiny_llama, tok, vec, train, val, hard, cfg)
+    assert report["gate_choice"] in report["candidates"]
+    assert set(report["candidates"]) == {"diffmean", "whitened(shrinkage=1)", "mlp8"}
+    assert report["hard_negatives"] == {"train": 20, "calibration": 20,
+                                        "calibration_fpr": report["hard_negatives"]["calibration_fpr"]}
+    back = SteeringVector.load(out.save(tmp_path / "r.safetensors"))
+    d = gate_decisions(tiny_llama, tok, back, [e.text for e in val + hard[1::2]])
+    for lang in ("xa", "xz"):
+        neg = [i for i, e in enumerate(val) if e.lang == lang and e.label == 0]
+        assert float(d.scores[neg].gt(back.gate.threshold_for(lang)).double().mean()) <= 0.1
+    assert report["hard_negatives"]["calibration_fpr"] <= 0.1
+    held = [c["held_out_style_tpr"] for c in report["candidates"].values()]
+    assert all(0.0 <= h <= 1.0 for h in held)  # question-style rows were held out and scored
+
+
+def test_hard_negatives_share_the_harmful_vocabulary():
+    from lasa_steer.fit.hard_negatives import enriched_words, hard_negatives
+    harmful = ["how to steal a car", "steal money from a bank", "steal a phone quickly",
+               "hack a server", "hack an account", "hack the wifi"]
+    harmless = ["write a poem about spring", "bake a cake", "the car is red",
+                "a thief may steal hearts in this song", "explain how to hack a habit"] * 3
+    words = enriched_words(harmful, harmless, top=5, min_count=3)
+    assert "steal" in words and "hack" in words and "poem" not in words
+    got = hard_negatives(harmful, harmless, limit=2)
+    assert got == ["a thief may steal hearts in this song", "explain how to hack a habit"]
+    assert hard_negatives(harmful, harmless, limit=2) == got  # deterministic

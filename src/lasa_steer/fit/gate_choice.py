@@ -116,16 +116,20 @@ def choose_gate(train_states: torch.Tensor, train: Sequence[Example], val_states
                 ) -> tuple[Candidate, dict[str, dict[str, Any]], dict[str, Candidate]]:
     """The best candidate that ``trainer`` makes from the training states (see the module
     docstring), every candidate's figures, and the candidates. The held-out rows are the question-style
-    harmful training rows (validation sets may have none); without any, ``held_out`` is
-    NaN for every candidate and the worst-language TPR decides alone."""
+    harmful training rows (validation sets may have none); without any (or when leaving
+    them out would leave a language without harmful rows), ``held_out`` is NaN for every
+    candidate and the worst-language TPR decides alone."""
     labels, langs = [e.label for e in train], [e.lang for e in train]
     tstyles = styles(train)
     cands = trainer(train_states, labels, langs)
     out = [i for i, (e, st) in enumerate(zip(train, tstyles))
            if e.label == HARMFUL and st == "question"]
     keep = sorted(set(range(len(train))) - set(out))
-    held = trainer(train_states[keep], [labels[i] for i in keep], [langs[i] for i in keep]) \
-        if out else cands
+    kept_harmful = {langs[i] for i in keep if labels[i] == HARMFUL}
+    if not out or kept_harmful != {x for x, y in zip(langs, labels) if y == HARMFUL}:
+        out, held = [], cands  # nothing to hold out, or a language would lose every harmful row
+    else:
+        held = trainer(train_states[keep], [labels[i] for i in keep], [langs[i] for i in keep])
     table = {name: figures(c, held[name], val_states, val, train_states[out],
                            [langs[i] for i in out], fpr) for name, c in cands.items()}
     best = max(table, key=lambda k: table[k].key())

@@ -10,7 +10,8 @@ safe prompts (2% vs 0-2%), while Alpaca-style harmless prompts alone left XSTest
 Half of the hard negatives train the gate, the other half calibrate it.
 
 The directions and the language centroids of the vector stay as they are; only the gate's
-score (``direction``/``probe``) and thresholds change. Used by ``lasa calibrate --gate``.
+score (``direction``/``probe``) and thresholds change (its old direction is not a candidate:
+see :func:`gate_trainer`). Used by ``lasa calibrate --gate``.
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ class RegateConfig:
     progress: bool = True
 
 
-def gate_trainer(cfg: RegateConfig, current: torch.Tensor | None = None) -> Trainer:
-    """Candidates from training states: ``diffmean``, whitened variants, ``mlp<k>`` (with
-    the diffmean direction as its reference) and, if given, the ``current`` direction."""
+def gate_trainer(cfg: RegateConfig) -> Trainer:
+    """Candidates from training states: ``diffmean``, whitened variants and ``mlp<k>`` (with
+    the diffmean direction as its reference). The vector's current direction is not one: it
+    was trained on rows the held-out-style check must leave out, so its held-out figure
+    would be an in-sample one."""
     def make(states: torch.Tensor, labels: list[int], langs: list[str]) -> dict[str, Candidate]:
         dirs, _ = gate_candidates(states, labels, langs, cfg.remove_language, cfg.shrinkage)
         out = {k: Candidate(k, v) for k, v in dirs.items()}
-        if current is not None:
-            out["current"] = Candidate("current", current)
         if cfg.probe is not None:
             name = f"mlp{cfg.probe.hidden}"
             out[name] = Candidate(name, dirs["diffmean"], train_probe(states, labels, langs,
@@ -85,7 +86,7 @@ def regate(model: nn.Module, tokenizer: Any, vector: SteeringVector, train: Sequ
     got = grab(checked, [gp, lp], "validation prompts")
     nval = len(val)
     best, table, _ = choose_gate(tstates, rows, got[gp][:nval], val,
-                              gate_trainer(cfg, gate.direction.float()), cfg.fpr)
+                              gate_trainer(cfg), cfg.fpr)
     scores = best.scores(got[gp])
     found = identify(gate, got[lp], len(checked))
     thresholds, pooled = _thresholds(scores, checked, nval, gate.languages, cfg.fpr)
