@@ -106,7 +106,12 @@ def mixed(llm, hf):
     engine, _ = llm
     prompts = [_prompt(hf[1][i]) for i, _ in MIXED]
     params = [_params(**dict(s, vector="smollm2")) if s else _params() for _, s in MIXED]
+    before = engine.collective_rpc("lasa_stats")[0]
     outs = engine.generate(prompts, params, use_tqdm=False)
+    after = engine.collective_rpc("lasa_stats")[0]
+    # 14 requests, 8 at a time: later ones join a running batch, so some passes read new
+    # prompts' gates beside rows that are decoding (continuous batching is exercised)
+    assert after["gate_reads_beside_running"] > before["gate_reads_beside_running"]
     return outs, lasa_vllm.report(engine, [o.request_id for o in outs])
 
 

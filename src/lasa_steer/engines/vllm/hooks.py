@@ -62,6 +62,8 @@ class VllmSteering:
         self.step: Step | None = None
         self._updates: dict[Point, Update | None] = {}
         self._updates_for: tuple[str, ...] | None = None
+        # passes with steering work, and those that read a gate while other requests decoded
+        self.stats = {"steered_passes": 0, "gate_reads_beside_running": 0}
         self._handles: list[RemovableHandle] = [
             model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)]
         for point in sorted({p for v in self.vectors.values() for p in vector_points(v)}):
@@ -99,6 +101,9 @@ class VllmSteering:
                                                      positions)
         if ids != self._updates_for:
             self._updates, self._updates_for = {}, ids
+        self.stats["steered_passes"] += 1
+        if step.prompts and len(step.prompts) < len(states):
+            self.stats["gate_reads_beside_running"] += 1
         return step
 
     def _whole_prompt(self, req_id: str, start: int, end: int, positions: Any

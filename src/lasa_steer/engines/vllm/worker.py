@@ -63,6 +63,12 @@ class LasaWorkerExtension:
                 ACTIVE.remove(steering)
         setattr(self, "_lasa_steering", None)
 
+    def lasa_stats(self) -> dict[str, int]:
+        """Counters: passes with steering work, and passes that read a gate while other
+        requests of the batch were already running."""
+        steering = getattr(self, "_lasa_steering", None)
+        return {} if steering is None else dict(steering.stats)
+
     def lasa_report(self, req_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """Per request id: its settings, gate score, decision and language."""
         steering = getattr(self, "_lasa_steering", None)
