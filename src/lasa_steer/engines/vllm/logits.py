@@ -1,8 +1,8 @@
 """The plugin's vLLM logits processor: request-time checks and the forced refusal openers.
 
-* ``validate_params`` refuses a request with bad ``lasa_*`` settings at admission (HTTP 400
-  in vLLM's OpenAI server, ``VLLMValidationError`` from ``LLM.generate``) instead of letting
-  it run unsteered.
+* ``validate_params`` refuses a request with bad ``lasa_*`` settings at admission
+  (``VLLMValidationError`` from ``LLM.generate``; vLLM documents it as an HTTP 400 in its
+  OpenAI server) instead of letting it run unsteered.
 * ``apply`` writes the ``prefix``/``refuse`` openers: for a request whose gate fired (or in
   mode ``always``), the logits row is made one-hot on the opener's next token with
   :func:`lasa_steer.steering.openers.force`, the HF engine's LM-head function. vLLM applies
