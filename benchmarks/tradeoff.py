@@ -101,7 +101,10 @@ def rates(items, values):
         per = [sum(v for it, v in zip(items, values) if it.bench == bench and it.lang == l)
                / sum(1 for it in items if it.bench == bench and it.lang == l) for l in langs]
         return sum(per) / len(per)
-    return bench_mean("multijail"), (bench_mean("polyrefuse-harmless") + bench_mean("xstest")) / 2
+    return {"asr": bench_mean("multijail"),
+            "over": (bench_mean("polyrefuse-harmless") + bench_mean("xstest")) / 2,
+            "over_polyrefuse": bench_mean("polyrefuse-harmless"),
+            "over_xstest": bench_mean("xstest")}
 
 
 def english_gate(model, tok, vector, data_dir, items_states):
@@ -155,20 +158,20 @@ def main() -> None:
     tag = f"{a.model}|{a.max_new_tokens}|{digest}"
     base = cache.get(f"none|{tag}", lambda: generate_all(model, tok, prompts, a.max_new_tokens))
     base_v = judged(items, base)
-    results = [{"method": "none", "point": "-", **dict(zip(("asr", "over"), rates(items, base_v)))}]
+    results = [{"method": "none", "point": "-", **rates(items, base_v)}]
     for s in [] if "add-always" in skip else [float(x) for x in a.strengths.split(",")]:
         texts = cache.get(f"add-always {s}|{tag}", lambda: generate_all(
             model, tok, prompts, a.max_new_tokens, vector=vector, mode="always", action="add",
             strength=s))
         results.append({"method": "add-always", "point": f"strength {s:g}",
-                        **dict(zip(("asr", "over"), rates(items, judged(items, texts))))})
+                        **rates(items, judged(items, texts))})
     sys_prompts = [[{"role": "system", "content": SAFETY}, {"role": "user", "content": p}]
                    for p in prompts]
     if "system-prompt" not in skip:
         texts = cache.get(f"system-prompt|{tag}",
                           lambda: generate_all(model, tok, sys_prompts, a.max_new_tokens))
         results.append({"method": "system-prompt", "point": "-",
-                        **dict(zip(("asr", "over"), rates(items, judged(items, texts))))})
+                        **rates(items, judged(items, texts))})
     # gate methods: rows that fire get the opener; others keep the unsteered reply
     en = cache.get(f"english-gate|{tag}|{vector.gate.layer}",
                    lambda: english_gate(model, tok, vector, data, states))
@@ -193,7 +196,7 @@ def main() -> None:
                 texts[i], prefixes[i] = (opener, opener) if method != "lasa-prefix" else prefix_all[i]
             results.append({"method": method, "point": f"shift {shift:+g} sd",
                             "fired_harmful": float(fired[[it.kind == HARMFUL_KIND for it in items]].float().mean()),
-                            **dict(zip(("asr", "over"), rates(items, judged(items, texts, prefixes))))})
+                            **rates(items, judged(items, texts, prefixes))})
     per_language = _per_language(items, gate, thr, base, prefix_all)
     ref_asr, ref_over = results[0]["asr"], results[0]["over"]
     for r in results:
@@ -210,6 +213,8 @@ def _per_language(items, gate, thr, base, prefix_all):
     from lasa_steer.fit.directions import auroc
     fired = gate.scores > thr
     harmless = torch.tensor([it.kind != HARMFUL_KIND for it in items])
+    xs = torch.tensor([it.kind != HARMFUL_KIND and it.bench == "xstest" for it in items])
+    poly = harmless & ~xs
     rows = {}
     for lang in sorted({it.lang for it in items if it.bench == "multijail"}):
         idx = [i for i, it in enumerate(items) if it.bench == "multijail" and it.lang == lang]
@@ -223,6 +228,8 @@ def _per_language(items, gate, thr, base, prefix_all):
                       "asr_none": sum(none) / len(idx), "asr_refuse": sum(refuse) / len(idx),
                       "asr_prefix": sum(pref) / len(idx),
                       "auroc": auroc(gate.scores[idx], gate.scores[harmless]),
+                      "auroc_polyrefuse": auroc(gate.scores[idx], gate.scores[poly]),
+                      "auroc_xstest": auroc(gate.scores[idx], gate.scores[xs]),
                       "identified": sum(gate.langs[i] == lang for i in idx) / len(idx)}
     return rows
 
@@ -244,16 +251,19 @@ def _write(results, per_language, out: Path, meta) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "tradeoff.json").write_text(json.dumps({"meta": meta, "results": results,
                                                    "per_language": per_language}, indent=1))
-    lines = ["| method | operating point | attack success | over-refusal | ASR reduction | "
-             "over-refusal +pp |", "|---|---|---|---|---|---|"]
+    lines = ["| method | operating point | attack success | over-refusal (PolyRefuse / XSTest) | "
+             "ASR reduction | over-refusal +pp |", "|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['method']} | {r['point']} | {r['asr']:.1%} | {r['over']:.1%} | "
+        lines.append(f"| {r['method']} | {r['point']} | {r['asr']:.1%} | {r['over']:.1%} "
+                     f"({r['over_polyrefuse']:.1%} / {r['over_xstest']:.1%}) | "
                      f"{r['asr_reduction']:.0%} | {r['over_increase_pp']:+.1f} |")
     lines += ["", "| MultiJail lang | gate fired | ASR none | ASR lasa-refuse | ASR lasa-prefix | "
-              "gate AUROC ceiling | language identified |", "|---|---|---|---|---|---|---|"]
+              "AUROC vs all harmless | vs PolyRefuse harmless | vs XSTest safe | "
+              "language identified |", "|---|---|---|---|---|---|---|---|---|"]
     for lang, r in per_language.items():
         lines.append(f"| {lang} | {r['fired']:.0%} | {r['asr_none']:.0%} | {r['asr_refuse']:.0%} | "
-                     f"{r['asr_prefix']:.0%} | {r['auroc']:.3f} | {r['identified']:.0%} |")
+                     f"{r['asr_prefix']:.0%} | {r['auroc']:.3f} | {r['auroc_polyrefuse']:.3f} | "
+                     f"{r['auroc_xstest']:.3f} | {r['identified']:.0%} |")
     (out / "tradeoff.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
