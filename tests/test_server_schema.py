@@ -51,6 +51,7 @@ suppress-health-check = ["all"]
 mode = "all"
 max-examples = 40
 no-shrink = true
+database = "none"
 [phases]
 examples.enabled = true
 coverage.enabled = true
@@ -176,4 +177,4 @@ def test_schema_and_server_agree(api_schema, label):
     print(f"\n{label}: {dict(seen)}")
     assert seen[("positive", 200)] >= 1, seen  # the run reached the server's success path
     if label in BODIES:  # and generated forbidden bodies, that were refused
-        assert seen[("positive", 200)] >= 20 and seen[("negative", 400)] >= 20, seen
+        assert seen[("positive", 200)] >= 10 and seen[("negative", 400)] >= 10, seen
