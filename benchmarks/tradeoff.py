@@ -131,6 +131,9 @@ def main() -> None:
     ap.add_argument("--polyrefuse-per-language", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--strengths", default="4")
+    ap.add_argument("--prefix-strength", type=float, default=0.0,
+                    help="lasa-prefix: add the refusal direction at this strength to the "
+                         "continuation after the opener (default 0: opener only)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="docs/tradeoff")
     ap.add_argument("--skip", default="",
@@ -179,7 +182,8 @@ def main() -> None:
     thr = torch.tensor([vector.gate.threshold_for(l) for l in gate.langs])
     pooled = vector.gate.threshold  # one threshold for every language (the format-1 gate)
     prefix_all = None if "lasa-prefix" in skip else cache.get(
-        f"lasa-prefix|{tag}|{a.vector}", lambda: _prefix_replies(model, tok, vector, prompts,
+        f"lasa-prefix|{tag}|{a.vector}" + (f"|{a.prefix_strength:g}" if a.prefix_strength else ""),
+        lambda: _prefix_replies(model, tok, vector, prompts, a.prefix_strength,
                                                                  a.max_new_tokens))
     en_sd, sd = float(en_scores.std()), float(gate.scores.std())
     for shift in SHIFTS:
@@ -234,11 +238,11 @@ def _per_language(items, gate, thr, base, prefix_all):
     return rows
 
 
-def _prefix_replies(model, tok, vector, prompts, n_tokens):
+def _prefix_replies(model, tok, vector, prompts, strength, n_tokens):
     """Every prompt's reply when its row fires under ``prefix`` (mode always, so that every
     operating point can pick from them), with the opener it was given."""
     out = []
-    with steer(model, vector, mode="always", action="prefix", strength=0.0,
+    with steer(model, vector, mode="always", action="prefix", strength=strength,
                tokenizer=tok) as h:
         sampling = Sampling(max_new_tokens=n_tokens)
         for i in range(0, len(prompts), 16):
