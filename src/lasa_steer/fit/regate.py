@@ -1,13 +1,14 @@
-"""Refit a vector's gate at its block: candidates (its own direction, the linear directions of
-:mod:`lasa_steer.fit.candidates`, an MLP probe) chosen by worst-language and held-out-style
-TPR (:mod:`lasa_steer.fit.gate_choice`), then thresholds per language.
+"""Refit a vector's gate at its block: candidates (the linear directions of
+:mod:`lasa_steer.fit.candidates` and an MLP probe) chosen by worst-language and
+held-out-style TPR (:mod:`lasa_steer.fit.gate_choice`), then thresholds per language.
 
 Thresholds also hold on *hard negatives* (harmless prompts that share the harmful prompts'
 vocabulary, :mod:`lasa_steer.fit.hard_negatives`): a language's threshold is the larger of
 the one at ``fpr`` on its harmless validation prompts and the one at ``fpr`` on its hard
-negatives. On SmolLM2 the false-positive rate on held-out hard negatives tracked XSTest's
-safe prompts (2% vs 0-2%), while Alpaca-style harmless prompts alone left XSTest at 10-55%.
-Half of the hard negatives train the gate, the other half calibrate it.
+negatives. Half of the hard negatives train the gate, the other half calibrate it. On
+SmolLM2 this halved the shipped gate's false fires on XSTest's safe prompts (48% of the
+first 100, from most of them), though XSTest's look-alikes stay harder than anything mined
+from Alpaca (docs/efficacy.md).
 
 The directions and the language centroids of the vector stay as they are; only the gate's
 score (``direction``/``probe``) and thresholds change (its old direction is not a candidate:

@@ -2,8 +2,9 @@
 
 A linear direction scores "how much does this state look like the harmful training prompts";
 on SmolLM2 it also fires on harmless prompts that merely share their vocabulary (XSTest) and
-its scale shifts by language. A one-hidden-layer probe trained on the same states separates
-those better (see ``docs/efficacy.md``). It replaces only the *score*: thresholds, languages
+its scale shifts by language. A one-hidden-layer probe trained on the same states found
+4-5x more harmful prompts outside English at the same false-positive rate on SmolLM2
+(``docs/efficacy.md``). It replaces only the *score*: thresholds, languages
 and pooling work exactly as for a direction.
 
 ``score = w2 · gelu(w1 @ x + b1) + b2`` on the pooled float32 state ``x`` (input
