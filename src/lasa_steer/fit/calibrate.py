@@ -45,6 +45,19 @@ def threshold_for_fpr(neg_scores: torch.Tensor, fpr: float = 0.02) -> float:
     return float(s[min(k, len(s) - 1)])
 
 
+def thresholds_by_language(scores: torch.Tensor, labels: torch.Tensor, langs: Sequence[str],
+                           languages: Sequence[str], fpr: float) -> dict[str, float]:
+    """For each of ``languages`` that has harmless rows: the threshold at ``fpr`` on its
+    harmless scores (``labels``/``langs`` per row of ``scores``)."""
+    out = {}
+    harmless = labels == HARMLESS
+    for lang in languages:
+        neg = scores[harmless & torch.tensor([x == lang for x in langs], dtype=torch.bool)]
+        if len(neg):
+            out[lang] = threshold_for_fpr(neg, fpr)
+    return out
+
+
 def rate_above(scores: torch.Tensor, threshold: float) -> float:
     return float((scores.double() > threshold).double().mean()) if len(scores) else float("nan")
 

@@ -25,7 +25,7 @@ from ..capture import capture, gate_decisions
 from ..model.layers import find_layers
 from ..types import HARMFUL, HARMLESS
 from ..vector.file import SteeringVector
-from .calibrate import threshold_for_fpr
+from .calibrate import thresholds_by_language
 from .data import Example
 
 LID_DEPTH = 0.27  # of the depth: 8 of SmolLM2's 30 blocks identified 98.6% of 14 languages
@@ -66,11 +66,7 @@ def calibrate_languages(model: nn.Module, tokenizer: Any, vector: SteeringVector
                        batch_size, progress="languages: validation" if progress else False)
     labels = torch.tensor([e.label for e in val])
     vlangs = [e.lang for e in val]
-    thresholds = {}
-    for lang in langs:
-        neg = d.scores[(labels == HARMLESS) & torch.tensor([x == lang for x in vlangs])]
-        if len(neg):
-            thresholds[lang] = threshold_for_fpr(neg, fpr)
+    thresholds = thresholds_by_language(d.scores, labels, vlangs, langs, fpr)
     calibrated = replace(probe, thresholds=thresholds)
     out = replace(vector, gate=calibrated)
     return out, language_report(calibrated, d.scores, d.langs, labels, vlangs, fpr)

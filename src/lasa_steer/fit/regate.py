@@ -28,7 +28,7 @@ from ..errors import FitConfigError
 from ..steering.gate import LID_POOLING, gate_point, identify, lid_point
 from ..types import HARMLESS
 from ..vector.file import SteeringVector
-from .calibrate import threshold_for_fpr
+from .calibrate import threshold_for_fpr, thresholds_by_language
 from .candidates import gate_candidates
 from .data import Example
 from .gate_choice import Candidate, Trainer, choose_gate
@@ -108,20 +108,15 @@ def _thresholds(scores: torch.Tensor, rows: Sequence[Example], nval: int,
                 languages: Sequence[str], fpr: float) -> tuple[dict[str, float], float]:
     """Per language: the larger of the thresholds at ``fpr`` on its harmless validation
     rows and on its hard negatives (rows from ``nval`` on); and the pooled one likewise."""
-    def at(idx: list[int]) -> float | None:
-        return threshold_for_fpr(scores[idx], fpr) if idx else None
-
-    def both(val_idx: list[int], hard_idx: list[int]) -> float | None:
-        got = [t for t in (at(val_idx), at(hard_idx)) if t is not None]
-        return max(got) if got else None
-    neg = [i for i, e in enumerate(rows) if e.label == HARMLESS]
-    pooled = both([i for i in neg if i < nval], [i for i in neg if i >= nval])
-    if pooled is None:
+    labels = torch.tensor([e.label for e in rows])
+    langs = [e.lang for e in rows]
+    val = thresholds_by_language(scores[:nval], labels[:nval], langs[:nval], languages, fpr)
+    hard = thresholds_by_language(scores[nval:], labels[nval:], langs[nval:], languages, fpr)
+    per_language = {lang: max(t for t in (val.get(lang), hard.get(lang)) if t is not None)
+                    for lang in languages if lang in val or lang in hard}
+    neg = labels == HARMLESS
+    pooled = [threshold_for_fpr(scores[part][neg[part]], fpr)
+              for part in (slice(0, nval), slice(nval, None)) if bool(neg[part].any())]
+    if not pooled:
         raise FitConfigError("validation data: no harmless prompts to set thresholds on")
-    out = {}
-    for lang in languages:
-        t = both([i for i in neg if i < nval and rows[i].lang == lang],
-                 [i for i in neg if i >= nval and rows[i].lang == lang])
-        if t is not None:
-            out[lang] = t
-    return out, pooled
+    return per_language, max(pooled)
