@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from lasa_steer import RowSteering, SteeringConfigError
-from lasa_steer.steering.rows import OFF
+from lasa_steer.steering.rows import OFF, RequestDefaults
 
 from ..errors import APIError
 from ..protocol import Steering, SteeringResult
@@ -18,15 +18,15 @@ def resolve_steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, S
     prompt's language through the LM head, in the same passes as every other row."""
     s = s or Steering()
     c = rt.config
+    defaults = RequestDefaults(rt.default_vector, c.default_mode, c.default_action,
+                               c.default_strength)
     mode = s.mode or c.default_mode
-    name = s.vector or rt.default_vector
-    vector = None
-    if s.vector is not None or (mode != "off" and name is not None):
-        vector = rt.vectors.get(name) if name else None
-        if vector is None:
-            raise APIError(404, f"steering.vector {name!r}: no such vector; loaded: "
-                           f"{rt.vectors.names()}", param="steering.vector",
-                           code="vector_not_found")
+    name = defaults.vector_name(s.vector, s.mode)
+    vector = rt.vectors.get(name) if name else None
+    if name is not None and vector is None:
+        raise APIError(404, f"steering.vector {name!r}: no such vector; loaded: "
+                       f"{rt.vectors.names()}", param="steering.vector",
+                       code="vector_not_found")
     if s.direction is not None and vector is not None and s.direction not in vector.directions:
         raise APIError(404, f"steering.direction {s.direction!r}: vector {name!r} has no such "
                        f"direction; it has {sorted(vector.directions)}",
@@ -34,13 +34,9 @@ def resolve_steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, S
     if vector is None or mode == "off":
         return OFF, SteeringResult(vector=name if vector is not None else None, mode="off",
                                    action=None, strength=0.0)
-    action = s.action or c.default_action or vector.default_action
-    strength = s.strength if s.strength is not None else (
-        c.default_strength if action == vector.default_action else None)
     try:
-        row = RowSteering(vector=vector, strength=strength, mode=mode, action=action,
-                          direction=s.direction, openers=rt.openers).resolved()
+        row = defaults.row(vector, s.mode, s.action, s.strength, s.direction, rt.openers)
     except SteeringConfigError as exc:
         raise APIError(400, f"steering: {exc}", param="steering") from exc
-    return row, SteeringResult(vector=name, mode=mode, action=action, direction=row.direction,
-                               strength=row.strength)
+    return row, SteeringResult(vector=name, mode=mode, action=row.action,
+                               direction=row.direction, strength=row.strength)

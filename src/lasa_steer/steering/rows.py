@@ -31,6 +31,41 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 
 @dataclass(frozen=True)
+class RequestDefaults:
+    """What a served request that names no setting gets, and THE rule that picks its vector,
+    action and strength (``lasa serve``'s ``steering`` field and the vLLM plugin's
+    ``lasa_*`` keys both go through it)."""
+
+    vector: str | None = None
+    mode: str = "gate"
+    action: str | None = None
+    strength: float | None = None
+
+    def vector_name(self, requested: str | None, mode: str | None) -> str | None:
+        """The vector the request steers with (the caller looks it up and says when it is
+        not loaded): the one it names, else the default unless its mode is ``off``; None
+        when it steers with none."""
+        name = requested or self.vector
+        if requested is None and ((mode or self.mode) == "off" or name is None):
+            return None
+        return name
+
+    def row(self, vector: SteeringVector | None, mode: str | None, action: str | None,
+            strength: float | None, direction: str | None,
+            openers: Openers | None = None) -> "RowSteering":
+        """The request's row (:data:`OFF` without a vector or in mode ``off``); the default
+        strength applies only to the default action. Raise :class:`SteeringConfigError`."""
+        mode = mode or self.mode
+        if vector is None or mode == "off":
+            return OFF
+        action = action or self.action or vector.default_action
+        if strength is None and action == vector.default_action:
+            strength = self.strength
+        return RowSteering(vector=vector, strength=strength, mode=mode,  # type: ignore[arg-type]
+                           action=action, direction=direction, openers=openers).resolved()
+
+
+@dataclass(frozen=True)
 class RowSteering:
     """How one batch row (one request) is steered."""
 

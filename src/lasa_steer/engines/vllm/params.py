@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ...errors import SteeringConfigError
-from ...steering.rows import OFF, RowSteering, check_choice
+from ...steering.rows import RequestDefaults, RowSteering, check_choice
 from ...steering.openers import Openers
 from ...types import ACTIONS, MODES
 from ...vector.file import SteeringVector
@@ -25,14 +25,9 @@ KEYS = ("vector", "mode", "action", "strength", "direction")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-@dataclass(frozen=True)
-class Defaults:
-    """What a request that names no setting gets (the install's ``default_*`` arguments)."""
-
-    vector: str | None = None
-    mode: str = "gate"
-    action: str | None = None
-    strength: float | None = None
+# What a request that names no setting gets (the install's ``default_*`` arguments), with
+# the rule ``lasa serve`` uses for its ``steering`` field.
+Defaults = RequestDefaults
 
 
 @dataclass(frozen=True)
@@ -87,23 +82,15 @@ def parse(extra_args: Mapping[str, Any] | None) -> RequestSettings:
 
 def resolve(s: RequestSettings, vectors: Mapping[str, SteeringVector],
             defaults: Defaults, openers: Openers | None = None) -> RowSteering:
-    """The request's :class:`RowSteering` (the same rule as ``lasa serve``'s ``steering``
-    field); raise :class:`SteeringConfigError` naming the setting."""
-    mode = s.mode or defaults.mode
-    name = s.vector or defaults.vector
-    vector = None
-    if s.vector is not None or (mode != "off" and name is not None):
-        vector = vectors.get(name) if name else None
-        if vector is None:
-            raise SteeringConfigError(f"{PREFIX}vector={name!r}: no such vector; loaded: "
-                                      f"{sorted(vectors)}")
-    if vector is None or mode == "off":
-        return OFF
-    action = s.action or defaults.action or vector.default_action
-    strength = s.strength if s.strength is not None else (
-        defaults.strength if action == vector.default_action else None)
-    return RowSteering(vector=vector, strength=strength, mode=mode,  # type: ignore[arg-type]
-                       action=action, direction=s.direction, openers=openers).resolved()
+    """The request's :class:`RowSteering` (:class:`RequestDefaults`' rule, as for
+    ``lasa serve``'s ``steering`` field); raise :class:`SteeringConfigError` naming the
+    setting."""
+    name = defaults.vector_name(s.vector, s.mode)
+    vector = vectors.get(name) if name else None
+    if name is not None and vector is None:
+        raise SteeringConfigError(f"{PREFIX}vector={name!r}: no such vector; loaded: "
+                                  f"{sorted(vectors)}")
+    return defaults.row(vector, s.mode, s.action, s.strength, s.direction, openers)
 
 
 def check_choice_default(defaults: Defaults, vectors: Mapping[str, Any]) -> None:
@@ -119,8 +106,7 @@ def check_choice_default(defaults: Defaults, vectors: Mapping[str, Any]) -> None
 def resolve_names(s: RequestSettings, names: frozenset[str], defaults: Defaults) -> None:
     """The vector a request resolves to is loaded (the part of :func:`resolve` that needs
     no vector file)."""
-    mode = s.mode or defaults.mode
-    name = s.vector or defaults.vector
-    if (s.vector is not None or mode != "off") and name is not None and name not in names:
+    name = defaults.vector_name(s.vector, s.mode)
+    if name is not None and name not in names:
         raise SteeringConfigError(f"{PREFIX}vector={name!r}: no such vector; loaded: "
                                   f"{sorted(names)}")
