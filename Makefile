@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 VPY := $(VLLM_VENV)/bin/python
 
-.PHONY: setup setup-vllm test test-vllm test-fast serve bench clean
+.PHONY: setup setup-vllm test test-vllm test-fast serve serve-vllm bench clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,10 @@ test-fast: setup
 
 serve: setup
 	$(VENV)/bin/lasa serve
+
+# the same server, generation by vLLM (docs/vllm.md): float32 on the CPU
+serve-vllm: setup-vllm
+	$(VLLM_VENV)/bin/lasa serve --engine vllm
 
 bench: setup
 	$(PY) benchmarks/overhead.py

@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible steering server",
                        description="Serve a model with per-request steering over the OpenAI "
                        "API (chat, completions, moderations).")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                   help="hf: the transformers scheduler (default); vllm: vLLM's AsyncLLM with "
+                   "the lasa plugin (the `vllm` extra; make setup-vllm)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id, local folder, .gguf file or embedded name (default {DEFAULT_MODEL})")
     p.add_argument("--vectors", type=Path, default=None,
@@ -41,18 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default action (default: the vector file's)")
     p.add_argument("--strength", dest="default_strength", type=float, default=None,
                    help="default strength (default: the vector file's)")
-    p.add_argument("--max-batch", type=int, default=32, help="rows decoded together (default 32)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="rows decoded together (default 32; vLLM: max_num_seqs)")
     p.add_argument("--max-n", type=int, default=16, help="largest n per request (default 16)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20,
                    help="request body limit in bytes (default 1 MiB)")
     p.add_argument("--max-model-len", type=int, default=None,
-                   help="context window in tokens (default: the model's)")
+                   help="context window in tokens (default: the model's; vLLM: max_model_len)")
     p.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="longest prompt (or moderation input) in tokens; longer is a 400 "
                    "(default: the context)")
     p.add_argument("--max-batch-tokens", type=int, default=2048,
                    help="tokens one model step may run: decode rows plus prompt prefill; "
-                   "longer prompts are prefilled in chunks between decode steps (default 2048)")
+                   "longer prompts are prefilled in chunks between decode steps (default 2048; "
+                   "vLLM: max_num_batched_tokens, at least the context: no chunks)")
     p.add_argument("--max-moderation-inputs", type=int, default=64,
                    help="most texts in one /v1/moderations request (default 64)")
     p.add_argument("--default-max-tokens", type=int, default=512,
@@ -60,8 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens-limit", type=int, default=None,
                    help="cap every request's max_tokens at this (default: the context)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default auto)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 (default: cuda if present; refused with vLLM)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (refused with vLLM: VLLM_CPU_OMP_THREADS_BIND)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
@@ -79,7 +86,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
         max_batch_tokens=args.max_batch_tokens,
         max_moderation_inputs=args.max_moderation_inputs,
-        dtype=args.dtype, device=args.device, threads=args.threads)
+        dtype=args.dtype, device=args.device, threads=args.threads, engine=args.engine)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ class Job:
     samplers: list[Sampler]
     emit: Callable[[list[Event]], None]
     steering: RowSteering = OFF
+    vector_name: str | None = None  # the served name of ``steering.vector`` (vLLM's keys)
     stop: list[str] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)

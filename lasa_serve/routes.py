@@ -53,7 +53,7 @@ def _info_routes(app: FastAPI, rt: Runtime) -> None:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": rt.model_name, "default_vector": rt.default_vector,
-                **rt.scheduler.load()}
+                **rt.backend.load()}
 
     # load balancers probe with HEAD (outside the schema: one operation per path and name)
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
@@ -148,7 +148,7 @@ def _configure_schema(schema: dict[str, Any], rt: Runtime) -> None:
     models = schema.get("components", {}).get("schemas", {})
     c = rt.config
     choices = min(c.max_n, c.max_batch)
-    vocab = int(getattr(rt.model.config, "vocab_size", 0) or len(rt.tok))
+    vocab = rt.vocab_size
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         props = models.get(name, {}).get("properties", {})
         if "model" in props:

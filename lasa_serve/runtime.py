@@ -1,4 +1,5 @@
-"""Everything one server process holds: config, model, tokenizer, engine, vectors, worker."""
+"""Everything one server process holds: config, tokenizer, vectors, metrics and the engine
+(:class:`~lasa_serve.backend.Backend`: the HF scheduler, or vLLM with ``engine='vllm'``)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import torch
 
 from lasa_steer import LasaError, SteeringEngine, SteeringVector, load_model
 from lasa_steer.model.embedded import DEFAULT_MODEL
-
 from lasa_steer.steering.api import end_of_turn
 from lasa_steer.steering.openers import Openers
 
+from .backend import Served
 from .metrics import Metrics
 from .scheduler import Scheduler
 from .vectors import VectorRegistry
@@ -54,26 +55,76 @@ class ServerConfig:
     dtype: str | None = None
     device: str | None = None
     threads: int | None = None
+    engine: str = "hf"  # or "vllm" (lasa_serve.vllm_backend)
+
+
+def start_hf(config: ServerConfig, metrics: Metrics, model: Any = None,
+             tokenizer: Any = None) -> Served:
+    """The HF engine: a transformers model, its :class:`SteeringEngine` and the scheduler's
+    worker thread."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if model is None:
+        model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+    engine = SteeringEngine(model)
+    scheduler = Scheduler(model, tokenizer, engine, metrics, max_batch=config.max_batch,
+                          max_batch_tokens=config.max_batch_tokens)
+
+    def close() -> None:
+        scheduler.close()
+        engine.remove()
+
+    param = next(model.parameters())
+    return Served(
+        backend=scheduler, tokenizer=tokenizer,
+        name=getattr(model, "lasa_model_name", None) or os.path.basename(
+            str(config.model).rstrip("/")),
+        context=getattr(model.config, "max_position_embeddings", None) or 2048,
+        vocab_size=int(getattr(model.config, "vocab_size", 0) or len(tokenizer)),
+        end_of_turn=end_of_turn(model),
+        fits=lambda name, path, vector: vector.check_model(model),
+        description=f"{len(engine.layer_map.blocks)} blocks, {param.dtype} on {param.device}, "
+                    "HF engine",
+        close=close)
 
 
 class Runtime:
-    """Loads the model and vectors and starts the model worker."""
+    """Starts the engine, loads the vectors that fit its model, holds the shared state."""
 
     def __init__(self, config: ServerConfig, model: Any = None, tokenizer: Any = None,
                  extra_vectors: dict[str, SteeringVector] | None = None):
         self.config = config
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        if model is None:
-            model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
-        self.model, self.tok = model, tokenizer
+        self.metrics = Metrics()
+        if config.engine == "vllm":
+            if model is not None or extra_vectors:
+                raise LasaError("engine 'vllm' loads its model and vectors from --model and "
+                                "--vectors (no in-memory model or vectors)")
+            from .vllm_backend import start_vllm  # vLLM is imported only here
+
+            self.served = start_vllm(config, self.metrics)
+        elif config.engine == "hf":
+            self.served = start_hf(config, self.metrics, model, tokenizer)
+        else:
+            raise LasaError(f"--engine {config.engine!r}: use 'hf' or 'vllm'")
+        served = self.served
+        self.backend = served.backend
+        self.tok = served.tokenizer
+        self.vocab_size = served.vocab_size
         # the refusal openers of actions 'prefix'/'refuse', tokenised once
-        self.openers = Openers.for_tokenizer(tokenizer, end_of_turn(model))
-        self.model_name = config.served_model_name or getattr(
-            model, "lasa_model_name", None) or os.path.basename(str(config.model).rstrip("/"))
-        limit = getattr(model.config, "max_position_embeddings", None) or 2048
+        self.openers = Openers.for_tokenizer(self.tok, served.end_of_turn)
+        self.model_name = config.served_model_name or served.name
+        limit = served.context
         self.context = min(limit, config.max_model_len) if config.max_model_len else limit
-        self.vectors = VectorRegistry(model, config.vectors, extra_vectors)
+        self.vectors = VectorRegistry(None, config.vectors, extra_vectors, check=served.fits)
+        try:
+            self._choose_default_vector()
+        except BaseException:
+            served.close()
+            raise
+        self.log_startup()
+
+    def _choose_default_vector(self) -> None:
+        config = self.config
         self.vectors.scan()
         names = self.vectors.names()
         if config.default_vector is not None:
@@ -87,18 +138,11 @@ class Runtime:
             self.default_vector = self.model_name
         else:
             self.default_vector = names[0] if names else None
-        self.metrics = Metrics()
-        self.engine = SteeringEngine(model)
-        self.scheduler = Scheduler(model, tokenizer, self.engine, self.metrics,
-                                   max_batch=config.max_batch,
-                                   max_batch_tokens=config.max_batch_tokens)
-        self.log_startup()
 
     def log_startup(self) -> None:
         c = self.config
-        log.info("lasa serve: model %s (%s, %d blocks, context %d tokens, %s on %s)",
-                 self.model_name, c.model, len(self.engine.layer_map.blocks), self.context,
-                 next(self.model.parameters()).dtype, next(self.model.parameters()).device)
+        log.info("lasa serve: model %s (%s, %s, context %d tokens)", self.model_name, c.model,
+                 self.served.description, self.context)
         log.info("vectors from %s: %s", c.vectors, ", ".join(self.vectors.names()) or "none")
         for name, why in self.vectors.skipped.items():
             log.info("  skipped %s: %s", name, why)
@@ -116,5 +160,4 @@ class Runtime:
                  c.default_mode)
 
     def close(self) -> None:
-        self.scheduler.close()
-        self.engine.remove()
+        self.served.close()

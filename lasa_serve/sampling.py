@@ -15,6 +15,7 @@ class Sampler:
     temperature: float = 1.0
     top_p: float = 1.0
     generator: torch.Generator | None = None
+    seed: int | None = None  # the request's seed for this choice (engines with own RNGs)
 
     @property
     def greedy(self) -> bool:
@@ -52,7 +53,7 @@ def make_sampler(temperature: float, top_p: float, seed: int | None) -> Sampler:
             gen.seed()
         else:
             gen.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
-    return Sampler(float(temperature), float(top_p), gen)
+    return Sampler(float(temperature), float(top_p), gen, seed)
 
 
 def pick_all(samplers: list[Sampler], logits: torch.Tensor) -> list[int]:

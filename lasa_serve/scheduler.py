@@ -23,13 +23,15 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import DynamicCache
 
-from lasa_steer import BatchState, SteeringEngine
-from lasa_steer.steering.rows import OFF
+from lasa_steer import BatchState, SteeringEngine, SteeringVector
+from lasa_steer.capture import gate_decisions
+
+from .backend import GateReadings
 
 from . import kv
 from .jobs import Event, Job, Row
@@ -39,6 +41,16 @@ from .sampling import pick_all
 from .textstream import TextStream
 
 log = logging.getLogger("lasa.server")
+
+
+def gate_readings(model: torch.nn.Module, tok: Any, vector: SteeringVector,
+                  texts: Sequence[str]) -> GateReadings:
+    """THE gate decision on ``texts`` as user prompts (:func:`lasa_steer.capture.
+    gate_decisions`: the model runs up to the gate block only)."""
+    d = gate_decisions(model, tok, vector, list(texts))
+    return GateReadings([float(x) for x in d.scores.tolist()],
+                        [bool(x) for x in d.fired.tolist()],
+                        list(d.langs) or [None] * len(texts))
 
 
 class Scheduler:
@@ -83,6 +95,11 @@ class Scheduler:
             self._tasks.append((fn, fut))
             self._cv.notify()
         return fut
+
+    def gate(self, vector_name: str, vector: SteeringVector,
+             texts: Sequence[str]) -> cf.Future:
+        """:func:`gate_readings` of ``texts``, on the worker thread (it owns the model)."""
+        return self.call(lambda: gate_readings(self.model, self.tok, vector, texts))
 
     def load(self) -> dict[str, int]:
         with self._cv:

@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -37,10 +37,21 @@ def check_name(name: str) -> str:
     return name
 
 
+# (name, file or None, vector) -> None, or raise LasaError: whether the vector may serve
+Check = Callable[[str, "Path | None", SteeringVector], None]
+
+
 class VectorRegistry:
-    def __init__(self, model: torch.nn.Module, folder: Path | None,
-                 extra: dict[str, SteeringVector] | None = None):
-        self.model = model
+    """Vectors by name. A file serves once ``check`` accepts it (default: it fits
+    ``model``; the vLLM engine's check installs it in the engine's workers)."""
+
+    def __init__(self, model: torch.nn.Module | None, folder: Path | None,
+                 extra: dict[str, SteeringVector] | None = None, check: Check | None = None):
+        if check is None:
+            if model is None:
+                raise ValueError("VectorRegistry needs a model or a check")
+            check = lambda name, path, vector: vector.check_model(model)  # noqa: E731
+        self.check = check
         self.folder = folder
         self._lock = threading.Lock()
         self._vectors: dict[str, SteeringVector] = dict(extra or {})
@@ -53,7 +64,7 @@ class VectorRegistry:
         for path in sorted(self.folder.glob("*.safetensors")):
             try:
                 self._vectors[path.stem] = self._read(path)
-            except LasaError as exc:
+            except LasaError as exc:  # the error names the field that does not fit
                 self.skipped[path.stem] = str(exc)
                 log.warning("vector %s skipped: %s", path.name, exc)
 
@@ -62,7 +73,7 @@ class VectorRegistry:
         # load() copies the tensors out of the file's memory map: an admin overwriting a
         # vector file in place cannot pull the pages from under a serving vector (SIGBUS).
         vector = SteeringVector.load(path)
-        vector.check_model(self.model)
+        self.check(path.stem, path, vector)
         return vector
 
     def load(self, name: str) -> SteeringVector:

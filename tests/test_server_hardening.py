@@ -87,7 +87,7 @@ def test_unexpected_error_keeps_the_connection(live, monkeypatch):
     def broken() -> dict:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(rt.scheduler, "load", broken)
+    monkeypatch.setattr(rt.backend, "load", broken)
     status, payload = _keepalive(live[2], "GET", "/health")
     assert status == 500 and payload["error"]["code"] == "internal_error"
 

@@ -51,7 +51,7 @@ def completion_prompts(rt: Runtime, req: CompletionRequest) -> tuple[list[list[i
         prompts = list(p)
     if not prompts:
         raise APIError(400, "prompt: give at least one prompt", param="prompt")
-    vocab = int(getattr(rt.model.config, "vocab_size", 0) or len(rt.tok))
+    vocab = rt.vocab_size
     all_ids, texts = [], []
     for i, item in enumerate(prompts):
         if isinstance(item, str):

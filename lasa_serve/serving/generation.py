@@ -1,6 +1,6 @@
 """One generation request (chat or text completion): validation against the model and
-the server's limits, per-request steering, submission to the scheduler, and the OpenAI
-response, whole or as server-sent events."""
+the server's limits, per-request steering, submission to the engine
+(:mod:`lasa_serve.backend`), and the OpenAI response, whole or as server-sent events."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ..errors import APIError
 from ..protocol import CompletionChunk, SamplingRequest, SteeringResult, Usage
 from ..runtime import Runtime
 from ..sampling import make_sampler
-from ..scheduler import Job
+from ..jobs import Job
 from .steering import resolve_steering
 
 
@@ -90,10 +90,10 @@ class Generation:
             job = Job(id=f"{self.id}-{p}", prompt_ids=ids, max_tokens=self.max_tokens[p],
                       samplers=[make_sampler(self.temperature, self.top_p, s) for s in seeds],
                       emit=lambda evs, p=p: emit(p, evs), steering=self.row,
-                      stop=self.stops)
+                      vector_name=self.steer_info.vector, stop=self.stops)
             self.jobs.append(job)
         for job in self.jobs:
-            self.rt.scheduler.submit(job)
+            self.rt.backend.submit(job)
 
     def cancel(self) -> None:
         for job in self.jobs:

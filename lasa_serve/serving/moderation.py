@@ -1,4 +1,5 @@
-"""``/v1/moderations``: the gate of a vector, the model run only up to its block."""
+"""``/v1/moderations``: the gate of a vector on each input (the HF engine runs the model
+only up to the gate block; vLLM runs the prompt pass and one token)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import asyncio
 import uuid
 from typing import Any, Sequence
 
-from lasa_steer.capture import gate_decisions
+from lasa_steer import SteeringConfigError
 
+from ..backend import GateReadings
 from ..errors import APIError
 from ..protocol import ModerationRequest, ModerationResponse, ModerationResult
 from ..runtime import Runtime
+from ..scheduler import gate_readings
 from .text import tokenize
 
 
@@ -18,11 +21,15 @@ def score_texts(model: Any, tok: Any, vector: Any, texts: Sequence[str]
                 ) -> list[ModerationResult]:
     """One result per text, from :func:`lasa_steer.capture.gate_decisions` (THE gate
     decision, with each text's language for a language-aware gate)."""
-    d = gate_decisions(model, tok, vector, list(texts))
+    return results_of(vector, gate_readings(model, tok, vector, texts))
+
+
+def results_of(vector: Any, r: GateReadings) -> list[ModerationResult]:
+    """The moderation results of gate readings, whichever engine read them."""
     return [ModerationResult(flagged=bool(f), categories={"harmful": bool(f)},
                              category_scores={"harmful": float(s)}, score=float(s),
                              threshold=vector.gate.threshold_for(lang), language=lang)
-            for s, f, lang in zip(d.scores.tolist(), d.fired.tolist(), d.langs)]
+            for s, f, lang in zip(r.scores, r.fired, r.langs)]
 
 
 async def moderate(rt: Runtime, req: ModerationRequest) -> ModerationResponse:
@@ -48,7 +55,10 @@ async def moderate(rt: Runtime, req: ModerationRequest) -> ModerationResponse:
             raise APIError(400, f"input[{i}]: {n} tokens exceed the limit of {limit} tokens "
                            "(the context window less 64, or --max-prompt-tokens)",
                            param="input", code="context_length_exceeded")
-    fut = rt.scheduler.call(lambda: score_texts(rt.model, rt.tok, vector, inputs))
-    results = await asyncio.wrap_future(fut)
+    try:
+        readings = await asyncio.wrap_future(rt.backend.gate(name, vector, inputs))
+    except SteeringConfigError as exc:  # the engine cannot read this vector's gate
+        raise APIError(400, f"vector {name!r}: {exc}", param="model") from exc
+    results = results_of(vector, readings)
     rt.metrics.gate_scored(len(results), sum(r.flagged for r in results))
     return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=name, results=results)

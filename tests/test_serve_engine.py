@@ -1,0 +1,43 @@
+"""``lasa serve --engine vllm`` without vLLM, and the vLLM engine's pure parts (the flags it
+refuses, the steering it hands the plugin). The engine itself is tested in
+``tests/vllm_plugin/test_vllm_serve.py`` (``.venv-vllm``)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from lasa_serve.runtime import ServerConfig  # noqa: E402
+from lasa_serve.vllm_backend import plugin_args, refused_flags  # noqa: E402
+from lasa_steer.steering.rows import OFF, RowSteering  # noqa: E402
+
+
+def test_engine_vllm_without_vllm_says_what_to_install(capsys):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed in this environment")
+    from lasa_steer.cli.main import main
+
+    assert main(["serve", "--engine", "vllm", "--port", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "--engine vllm needs vLLM" in err
+    assert "`vllm` extra" in err and "make setup-vllm" in err
+
+
+def test_flags_without_a_vllm_meaning_are_refused():
+    assert refused_flags(ServerConfig()) == []
+    refused = refused_flags(ServerConfig(device="cuda:1", threads=2))
+    assert [r.split(":")[0] for r in refused] == ["--device", "--threads"]
+
+
+def test_the_plugin_gets_the_resolved_settings_explicitly():
+    assert plugin_args(OFF, None) == {"lasa_mode": "off"}
+    assert plugin_args(OFF, "v") == {"lasa_mode": "off"}
+    row = RowSteering(vector=object(), strength=2.5, mode="gate", action="add",  # type: ignore
+                      direction="refusal")
+    assert plugin_args(row, "v") == {"lasa_vector": "v", "lasa_mode": "gate",
+                                     "lasa_action": "add", "lasa_strength": 2.5,
+                                     "lasa_direction": "refusal"}
+    assert plugin_args(row, None) == {"lasa_mode": "off"}
