@@ -222,6 +222,23 @@ def test_every_request_equals_the_hf_engine(hf_server, alone):
     assert any(fired) and not all(fired)
 
 
+def test_n_choices_and_a_stop_string_equal_the_hf_engine(vllm_server, hf_server, alone):
+    """Two greedy choices (two vLLM requests) cut at a stop string taken from the request's
+    own unsteered text: both are that text up to the stop, as on the HF engine."""
+    k = MIXED.index(("chat", 3, OFF))
+    full = alone[k][0]
+    stop = full.split()[2]
+    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": PROMPTS[3]}],
+                  max_tokens=NEW, temperature=0, n=2, stop=[stop], extra_body={"steering": OFF})
+    got = vllm_server["client"].chat.completions.create(**kwargs)
+    want = hf_server["client"].chat.completions.create(**kwargs)
+    cut = full[:full.index(stop)]
+    assert cut and [c.message.content for c in got.choices] == [cut, cut]
+    assert [c.finish_reason for c in got.choices] == ["stop", "stop"]
+    assert [c.message.content for c in want.choices] == [cut, cut]
+    assert got.usage == want.usage
+
+
 BAD = [
     ({"vector": "nope"}, 404, "vector_not_found", "steering.vector"),
     ({"vector": "other"}, 404, "vector_not_found", "steering.vector"),  # skipped at start
