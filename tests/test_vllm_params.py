@@ -73,14 +73,20 @@ def _config(**changes):
                 scheduler_config=NS(enable_chunked_prefill=False),
                 cache_config=NS(enable_prefix_caching=False),
                 parallel_config=NS(pipeline_parallel_size=1, tensor_parallel_size=2),
-                speculative_config=None, use_v2_model_runner=False)
+                speculative_config=None, use_v2_model_runner=False,
+                additional_config={"lasa_steer": 1})
     return NS(**{**base, **changes})
 
 
 def test_engine_configs_that_cannot_be_exact_are_refused():
     assert problems(_config(), "0.32.0") == []  # tensor parallel is allowed
+    # torch.compile without CUDA graphs (vLLM's CPU default) is fine: the slots are in
+    # the graph
+    assert problems(_config(compilation_config=NS(mode=2, cudagraph_mode="NONE")),
+                    "0.32.0") == []
     cases = {
-        "enforce_eager": _config(compilation_config=NS(mode=3, cudagraph_mode="PIECEWISE")),
+        "CUDA graphs": _config(compilation_config=NS(mode=3, cudagraph_mode="PIECEWISE")),
+        "steering slots": _config(additional_config=None),
         "chunked prefill": _config(scheduler_config=NS(enable_chunked_prefill=True)),
         "prefix caching": _config(cache_config=NS(enable_prefix_caching=True)),
         "pipeline_parallel_size=2": _config(parallel_config=NS(pipeline_parallel_size=2)),

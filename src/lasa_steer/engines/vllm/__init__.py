@@ -13,11 +13,13 @@ Usage (see docs/vllm.md)::
     out = llm.generate(prompts, params)
     lasa_vllm.report(llm, [o.request_id for o in out])   # gate score, fired, language
 
-Each worker holds the vector files and forward hooks on the decoder layers
-(:mod:`.hooks`); a request's ``SamplingParams.extra_args`` (``lasa_vector``, ``lasa_mode``,
-``lasa_action``, ``lasa_strength``, ``lasa_direction``; :mod:`.params`) choose its
-steering, with the same maths as the HF engine. Configurations that cannot be exact are
-refused at install (:mod:`.checks`). Importing this package does not import vLLM.
+Every decoder layer gets a steering slot when vLLM loads the model, before it compiles it
+(:mod:`.slots`, through the ``vllm.general_plugins`` entry point :mod:`.plugin`); each
+worker holds the vector files and runs the slots' work (:mod:`.hooks`); a request's
+``SamplingParams.extra_args`` (``lasa_vector``, ``lasa_mode``, ``lasa_action``,
+``lasa_strength``, ``lasa_direction``; :mod:`.params`) choose its steering, with the same
+maths as the HF engine. Configurations that cannot be exact are refused at install
+(:mod:`.checks`). Importing this package does not import vLLM.
 """
 
 from __future__ import annotations
@@ -35,12 +37,17 @@ __all__ = ["ENGINE_KWARGS", "LOGITS_PROCESSOR", "SUPPORTED_VLLM", "WORKER_EXTENS
 
 
 def engine_kwargs(**overrides: Any) -> dict[str, Any]:
-    """``vllm.LLM`` keyword arguments the plugin needs (eager mode, no chunked prefill, no
-    prefix caching, the worker extension and the request validator), plus ``overrides``."""
+    """``vllm.LLM`` keyword arguments the plugin needs (the steering slots' key in
+    ``additional_config``, no chunked prefill, no prefix caching, the worker extension and
+    the request validator), plus ``overrides`` (an ``additional_config`` dict is merged).
+    vLLM's default compilation stays on; ``enforce_eager=True`` works too."""
     from .logits import LasaLogitsProcessor
 
+    extra = dict(ENGINE_KWARGS["additional_config"])
+    extra.update(overrides.pop("additional_config", None) or {})
     out: dict[str, Any] = dict(ENGINE_KWARGS, worker_extension_cls=WORKER_EXTENSION,
-                               logits_processors=[LasaLogitsProcessor])
+                               logits_processors=[LasaLogitsProcessor],
+                               additional_config=extra)
     out.update(overrides)
     return out
 

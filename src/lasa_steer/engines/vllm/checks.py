@@ -1,8 +1,13 @@
-"""What the vLLM plugin refuses to run under: configurations where forward hooks on the
-decoder layers cannot give the HF engine's results exactly.
+"""What the vLLM plugin refuses to run under: configurations where its steering slots
+cannot give the HF engine's results exactly.
 
-* torch.compile / CUDA graphs: compiled graphs do not call Python forward hooks, so steering
-  would silently do nothing. Require ``enforce_eager=True``.
+* an engine built without the slots (``additional_config`` lacks ``lasa_steer``): vLLM
+  compiles the model at start, so steering must be in the graph from the model's load
+  (:mod:`.slots`). Build the engine with :func:`~lasa_steer.engines.vllm.engine_kwargs`.
+* CUDA graphs (``cudagraph_mode`` other than ``NONE``): a captured graph replays the
+  kernels the slots launched while it was captured, without calling the slots again, so
+  steering would be frozen. Untested; refused. torch.compile without CUDA graphs is fine
+  (tested: vLLM's CPU default, Dynamo traced once with Inductor, and eager mode).
 * chunked prefill: a gate-mode prompt split over steps would run its first chunks before the
   gate decides (unsteered). Require ``enable_chunked_prefill=False``.
 * prefix caching: a request would reuse KV computed under other steering. Require
@@ -22,12 +27,13 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import SteeringConfigError
+from .plugin import CONFIG_KEY, SLOTS_VERSION, wants_slots
 
 SUPPORTED_VLLM = ("0.32.",)  # release lines whose model runner the plugin is tested on
 
 # The engine arguments the plugin needs (pass them to vllm.LLM / AsyncEngineArgs).
 ENGINE_KWARGS: dict[str, Any] = {
-    "enforce_eager": True,
+    "additional_config": {CONFIG_KEY: SLOTS_VERSION},
     "enable_chunked_prefill": False,
     "enable_prefix_caching": False,
 }
@@ -40,13 +46,17 @@ def problems(vllm_config: Any, version: str) -> list[str]:
         out.append(f"vLLM {version} is not a tested release (tested: "
                    f"{', '.join(v + 'x' for v in SUPPORTED_VLLM)}); the plugin reads the model "
                    "runner's private batch state")
-    comp = vllm_config.compilation_config
-    mode = int(getattr(comp, "mode", 0) or 0)
-    cudagraph = str(getattr(comp, "cudagraph_mode", "NONE"))
-    if mode != 0 or not (cudagraph.endswith("NONE") or cudagraph == "None"):
-        out.append(f"torch.compile/CUDA graphs are on (compilation mode {mode}, cudagraph_mode "
-                   f"{cudagraph}): compiled graphs skip forward hooks, so steering would "
-                   "silently do nothing; start vLLM with enforce_eager=True (--enforce-eager)")
+    if not wants_slots(vllm_config):
+        out.append(f"the engine was built without lasa's steering slots (additional_config "
+                   f"has no {CONFIG_KEY!r}): vLLM compiles the model at start, so steering "
+                   "must be in it from the load; build it with lasa_vllm.engine_kwargs() "
+                   f"(--additional-config '{{\"{CONFIG_KEY}\": {SLOTS_VERSION}}}')")
+    cudagraph = str(getattr(vllm_config.compilation_config, "cudagraph_mode", "NONE"))
+    if not (cudagraph.endswith("NONE") or cudagraph == "None"):
+        out.append(f"CUDA graphs are on (cudagraph_mode {cudagraph}): a replayed graph would "
+                   "not call the steering slots again (untested); start vLLM with "
+                   "cudagraph_mode NONE (compilation_config={'cudagraph_mode': 'NONE'}) or "
+                   "enforce_eager=True")
     if getattr(vllm_config.scheduler_config, "enable_chunked_prefill", False):
         out.append("chunked prefill is on: a gate-mode prompt split over steps would be "
                    "partly unsteered; start vLLM with enable_chunked_prefill=False "

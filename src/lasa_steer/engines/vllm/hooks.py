@@ -1,13 +1,17 @@
-"""Forward hooks on vLLM's decoder layers that apply lasa vectors per request.
+"""Per-request steering inside vLLM, run by the model's steering slots.
 
 vLLM decoder layers take ``(positions, hidden_states, residual)`` and return
 ``(hidden_states, residual)``; the residual stream at a block's output (``resid_post``, the
 HF block output) is their sum, and at its input (``resid_pre``) the sum of its inputs (the
-input alone at block 0). The hooks read gates and languages on that sum and add the update
-to ``hidden_states`` (the next layer's fused add-norm folds it into the stream). The maths
-is the HF engine's: :meth:`lasa_steer.steering.state.Update.apply` (built by
-:func:`~lasa_steer.steering.state.update_of`) and :func:`lasa_steer.steering.gate.decide` on
-states pooled by :func:`lasa_steer.tensors.pool`. Modules are never replaced.
+input alone at block 0). The slots (:mod:`.slots`: the ``lasa::steer`` op at every block
+boundary, in the graph vLLM compiles) hand those tensors to :meth:`VllmSteering.slot`,
+which reads gates and languages on the sum and adds the update to ``hidden_states`` (the
+next layer's fused add-norm folds it into the stream). A pre-hook on the whole model (which
+vLLM does not compile; it calls the compiled inner model) reads the runner's batch before
+each pass. The maths is the HF engine's: :meth:`lasa_steer.steering.state.Update.apply`
+(built by :func:`~lasa_steer.steering.state.update_of`) and
+:func:`lasa_steer.steering.gate.decide` on states pooled by :func:`lasa_steer.tensors.pool`.
+Modules are never replaced.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ...vector.file import SteeringVector
 from .batch import (RequestState, Step, batch_layout, extra_args_of, prompt_length,
                     unsteered)
 from .params import Defaults, parse, resolve
+from .slots import TARGET, boundary_points
 
 log = logging.getLogger(__name__)
 FINISHED_KEPT = 4096  # reports of finished requests kept for lasa_report
@@ -64,16 +69,26 @@ class VllmSteering:
         self._updates_for: tuple[str, ...] | None = None
         # passes with steering work, and those that read a gate while other requests decoded
         self.stats = {"steered_passes": 0, "gate_reads_beside_running": 0}
+        # boundary -> its points in order (block b-1's output, then block b's input)
+        used = {p for v in self.vectors.values() for p in vector_points(v)}
+        self._points_at: dict[int, list[Point]] = {}
+        for b in range(self.layer_map.num_layers + 1):
+            pts = [p for p in boundary_points(b) if p in used]
+            if pts:
+                self._points_at[b] = pts
+        self._slot_calls = 0
         self._handles: list[RemovableHandle] = [
-            model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)]
-        for point in sorted({p for v in self.vectors.values() for p in vector_points(v)}):
-            self._handles.append(self._install(point))
+            model.register_forward_pre_hook(self._on_model_call, with_kwargs=True),
+            model.register_forward_hook(self._after_model_call)]
+        TARGET.fn = self.slot
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
         self.step = None
+        if TARGET.fn == self.slot:
+            TARGET.fn = None
 
     def report(self, req_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """Settings and gate results per request id (live and recently finished)."""
@@ -85,6 +100,15 @@ class VllmSteering:
     def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
         self.step = self._read_step(positions)
+        self._slot_calls = 0
+
+    def _after_model_call(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """A pass with steering work that never reached the slots ran a graph without
+        them (a stale compiled artifact?): fail loudly rather than serve unsteered."""
+        if self.step is not None and self._slot_calls == 0:
+            raise RuntimeError("lasa: the model ran a pass with steering work but never "
+                               "called its steering slots (lasa::steer); was the model "
+                               "compiled without them?")
 
     def _read_step(self, positions: Any) -> Step | None:
         ids, starts, ends = batch_layout(self.runner)
@@ -157,32 +181,19 @@ class VllmSteering:
                 tokens.append(s.forced[done])
         return rows, tokens
 
-    # ------------------------------------------------------------- hooks
-    def _install(self, point: Point) -> RemovableHandle:
-        site, layer = point
-        block = self.layer_map.block(layer)
-        if site == "resid_pre":
-            def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
-                if self.step is None:
-                    return None
-                hidden, residual = _layer_inputs(args, kwargs)
-                new = self._apply(point, hidden, residual)
-                if new is None:
-                    return None
-                if len(args) > 1:
-                    return (args[0], new) + tuple(args[2:]), kwargs
-                return args, {**kwargs, "hidden_states": new}
-            return block.register_forward_pre_hook(pre_hook, with_kwargs=True)
-
-        def post_hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            if self.step is None:
-                return None
-            if not (isinstance(output, tuple) and len(output) == 2):
-                raise TypeError(f"lasa: decoder layer {layer} returned {type(output).__name__}"
-                                "; the vLLM plugin needs layers returning (hidden, residual)")
-            new = self._apply(point, output[0], output[1])
-            return None if new is None else (new, output[1])
-        return block.register_forward_hook(post_hook)
+    # ------------------------------------------------------------- slots
+    def slot(self, boundary: int, hidden: torch.Tensor, residual: torch.Tensor | None
+             ) -> torch.Tensor | None:
+        """The ``lasa::steer`` op's work at ``boundary`` (:mod:`.slots`): ``hidden`` after
+        the gates read and the updates applied at its points, or None (unchanged)."""
+        if self.step is None:
+            return None
+        self._slot_calls += 1
+        out = None
+        for point in self._points_at.get(boundary, ()):
+            new = self._apply(point, hidden if out is None else out, residual)
+            out = new if new is not None else out
+        return out
 
     def _apply(self, point: Point, hidden: torch.Tensor, residual: torch.Tensor | None
                ) -> torch.Tensor | None:
@@ -246,9 +257,3 @@ def _pool(resid: torch.Tensor, first: int, length: int, pooling: str) -> torch.T
     """``[1, H]``: the prompt's rows pooled as the HF engine pools a padding-free row."""
     rows = resid[first:first + length][None]
     return pool(rows, torch.ones(1, length, dtype=torch.bool, device=resid.device), pooling)
-
-
-def _layer_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    hidden = args[1] if len(args) > 1 else kwargs["hidden_states"]
-    residual = args[2] if len(args) > 2 else kwargs.get("residual")
-    return hidden, residual

@@ -1,7 +1,8 @@
 """The worker extension: ``vllm.LLM(..., worker_extension_cls=WORKER_EXTENSION)`` mixes it
 into every worker; :func:`lasa_steer.engines.vllm.install` then calls
 :meth:`LasaWorkerExtension.lasa_install` on every worker through ``collective_rpc``, which
-loads the vector files there, checks them against the loaded model and installs the hooks.
+loads the vector files there, checks them against the loaded model and points the model's
+steering slots (added at load, :mod:`.slots`) at them.
 Every rank of a tensor-parallel group loads the same files and makes the same decisions.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import VectorMismatchError
+from ...errors import SteeringConfigError, VectorMismatchError
 from ...model.identity import ModelIdentity, config_fingerprint
 from ...model.layers import find_layers
 from ...steering.openers import Openers
@@ -17,6 +18,7 @@ from ...vector.file import SteeringVector
 from .checks import check
 from .hooks import ACTIVE, VllmSteering, vector_points
 from .params import Defaults, check_choice_default
+from .slots import has_slots
 
 
 class LasaWorkerExtension:
@@ -37,6 +39,11 @@ class LasaWorkerExtension:
         check_choice_default(defaults, vectors)
         runner = worker.model_runner
         model = runner.get_model()
+        if not has_slots(model):
+            raise SteeringConfigError(
+                "lasa: the served model has no steering slots although the engine asked for "
+                "them: vLLM did not load the lasa_steer general plugin (install the package "
+                "with pip so its vllm.general_plugins entry point exists)")
         layer_map = find_layers(model)
         ident = ModelIdentity(layer_map.architecture, layer_map.architecture,
                               layer_map.hidden_size, layer_map.num_layers,

@@ -1,0 +1,134 @@
+"""The vLLM plugin's steering slots (``lasa::steer`` at every block boundary) without vLLM:
+added before torch.compile, they are in the compiled graph, so steering switched on after
+compilation runs; with nothing switched on the output is bit-identical to the model
+without slots."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import pytest
+import torch
+from torch import nn
+
+from lasa_steer.engines.vllm.slots import TARGET, add_slots, boundary_points, has_slots
+
+H, N = 8, 3
+
+
+class Layer(nn.Module):
+    """A vLLM-style decoder layer: ``(positions, hidden, residual) -> (hidden, residual)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(H, H)
+
+    def forward(self, positions, hidden, residual):
+        residual = hidden if residual is None else hidden + residual
+        return torch.tanh(self.lin(residual)) * positions[:, None], residual
+
+
+class Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Layer() for _ in range(N))
+
+    def forward(self, positions, hidden):
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual)
+        return hidden + residual
+
+
+class Model(nn.Module):
+    """Layers at ``model.layers``, as in vLLM's Llama."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = NS(hidden_size=H)
+        self.model = Inner()
+
+    def forward(self, positions, hidden):
+        return self.model(positions, hidden)
+
+
+@pytest.fixture
+def models():
+    torch.manual_seed(0)
+    plain = Model()
+    slotted = Model()
+    slotted.load_state_dict(plain.state_dict())
+    assert add_slots(slotted) == N and has_slots(slotted) and not has_slots(plain)
+    assert add_slots(slotted) == N  # idempotent: no second set of hooks
+    yield plain, slotted
+    TARGET.fn = None
+
+
+def test_steering_switched_on_after_compilation_runs_in_the_graph(models):
+    plain, slotted = models
+    compiled = torch.compile(slotted, backend="aot_eager", fullgraph=True, dynamic=True)
+    pos, x = torch.arange(5.0), torch.randn(5, H)
+    with torch.no_grad():
+        # nothing steers: bit-identical to the model without slots
+        assert torch.equal(compiled(pos, x), plain(pos, x))
+        calls: list[tuple[int, bool]] = []
+
+        def fn(boundary, hidden, residual):
+            calls.append((boundary, residual is None))
+            return hidden + 1.0 if boundary == 2 else None
+        TARGET.fn = fn  # after compilation, as install() does
+        got = compiled(pos, x)
+        assert calls == [(0, True), (1, False), (2, False), (3, False)]
+        expect = slotted(pos, x)  # eager, same slots
+        assert torch.equal(got, expect) and not torch.equal(got, plain(pos, x))
+        # another batch size, same graph (vLLM compiles once for every size)
+        calls.clear()
+        compiled(torch.arange(3.0), torch.randn(3, H))
+        assert [b for b, _ in calls] == [0, 1, 2, 3]
+
+
+def test_boundary_points_are_the_block_output_then_the_next_blocks_input():
+    assert boundary_points(2) == (("resid_post", 1), ("resid_pre", 2))
+
+
+def _runner(num_tokens: int) -> NS:
+    """The model runner fields the plugin reads: one request, ``always`` + ``add``."""
+    import numpy as np
+
+    xargs = {"lasa_vector": "v", "lasa_mode": "always", "lasa_action": "add"}
+    return NS(input_batch=NS(num_reqs=1, req_ids=["r"]),
+              query_start_loc=NS(np=np.array([0, num_tokens])),
+              requests={"r": NS(sampling_params=NS(extra_args=xargs),
+                                num_prompt_tokens=num_tokens)})
+
+
+def test_the_steering_runs_in_the_compiled_graph_and_a_graph_without_slots_fails_loudly(
+        models):
+    from helpers import make_vector
+
+    from lasa_steer.engines.vllm.hooks import VllmSteering
+    from lasa_steer.engines.vllm.params import Defaults
+
+    plain, slotted = models
+    vec = make_vector(plain, layers=[1, 2], gate_layer=0)
+    pos, x = torch.arange(5.0), torch.randn(5, H)
+    compiled = torch.compile(slotted.model, backend="aot_eager", fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        before = compiled(pos, x)  # compiled before the steering exists, as in vLLM
+        steering = VllmSteering(slotted, _runner(5), {"v": vec}, Defaults())
+        slotted.model = compiled  # the outer model is not compiled; its hooks run
+        try:
+            got = slotted(pos, x)
+            assert steering.stats["steered_passes"] == 1 and not torch.equal(got, before)
+            steering.remove()
+            eager = VllmSteering(slotted, _runner(5), {"v": vec}, Defaults())
+            slotted.model = slotted.model._orig_mod
+            assert torch.equal(slotted(pos, x), got)  # eager slots: the same update
+            eager.remove()
+            assert torch.equal(slotted(pos, x), before)  # removed: unsteered again
+            # a model whose graph lacks the slots: a pass with work raises, never unsteered
+            VllmSteering(plain, _runner(5), {"v": vec}, Defaults())
+            with pytest.raises(RuntimeError, match="never called its steering slots"):
+                plain(pos, x)
+        finally:
+            TARGET.fn = None
