@@ -17,6 +17,15 @@ def test_lasa_error_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and err.startswith("lasa info: error:") and "absent" in err
 
 
+def test_calibrate_add_languages_refuses_a_refit_before_loading(tmp_path, capsys):
+    """--add-languages keeps the gate, so --gate refit is refused at once (no file read)."""
+    argv = ["calibrate", str(tmp_path / "absent.safetensors"), "m", "-o", str(tmp_path / "o"),
+            "--add-languages", "--gate", "refit"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--add-languages keeps the gate" in err and "absent" not in err
+
+
 @pytest.mark.parametrize("argv", [["fit", "m", "-o", "x", "--band", "0.3"],
                                   ["fit", "m", "-o", "x", "--layer", "middle"],
                                   ["fit", "m", "-o", "x", "--refusal-layers", "1,b"]])

@@ -337,3 +337,30 @@ def test_shipped_vector_identifies_validation_languages(smollm2):
     found = identify(vec.gate, states, len(val))
     accuracy = sum(f == e.lang for f, e in zip(found, val)) / len(val)
     assert accuracy >= 0.95
+
+
+@pytest.mark.slow
+def test_shipped_vector_identifies_languages_without_labelled_data(smollm2):
+    """MultiJail's vi, bn, sw and jv have no PolyRefuse prompts: the shipped gate identifies
+    them by centroids from NTREX/NusaX news sentences (``lasa calibrate --add-languages``)
+    and gives them the pooled threshold. Before, every such prompt was named after another
+    language (sw -> yo, bn -> ja) and took that language's threshold and refusal opener.
+    MultiJail is only read here, never fitted on. Measured on all 63 rows: vi 0.71, bn 0.98,
+    sw 0.49 (the rest mostly jv), jv 0.65; each was 0 before."""
+    root = require_shared_data()
+    from lasa_steer.capture import gate_decisions
+    from lasa_steer.fit.data import load_multijail
+
+    vec = SteeringVector.load(SHIPPED)
+    extra = ("vi", "bn", "sw", "jv")
+    if not set(extra) <= set(vec.gate.languages):
+        pytest.skip("the shipped vector has no identification-only languages")
+    model, tok = smollm2
+    mj = load_multijail(root).sentences
+    rates = {}
+    for lang in extra:
+        d = gate_decisions(model, tok, vec, mj[lang])
+        rates[lang] = sum(f == lang for f in d.langs) / len(d.langs)
+        assert lang not in vec.gate.thresholds
+    print(rates)
+    assert min(rates.values()) >= 0.4 and sum(rates.values()) / len(rates) >= 0.65, rates

@@ -134,3 +134,86 @@ def test_calibrate_languages_sets_centroids_and_thresholds(tiny_llama):
     assert set(g.thresholds) == {"xa", "xz"} and report["lid_accuracy"] == 1.0
     for lang, row in report["per_language"].items():
         assert row["fpr"] <= 0.2 and row["threshold"] == g.thresholds[lang]
+
+
+def _calibrated_two_languages(model):
+    from lasa_steer.fit.data import Example
+    from lasa_steer.fit.languages import calibrate_languages
+    words = {"xa": "aaa bab", "xz": "zzz yzy"}
+    train = [Example(f"{w} {i} {'bomb' if i % 2 else 'cake'}", i % 2, lang)
+             for lang, w in words.items() for i in range(8)]
+    val = [Example(f"{w} {w} {i} {'kill' if i % 2 else 'tea'}", i % 2, lang)
+           for lang, w in words.items() for i in range(10)]
+    return calibrate_languages(model, TOK, make_vector(model, gate_layer=2), train, val,
+                               fpr=0.2, lid_layer=1, per_language=8, progress=False)[0]
+
+
+def test_add_languages_identifies_without_touching_thresholds(tiny_llama, tmp_path):
+    """An identification-only language: its centroid is the mean state of its texts at the
+    language block, it takes the pooled threshold, and nothing else of the gate moves."""
+    from lasa_steer.capture import capture
+    from lasa_steer.fit.languages import add_languages
+    before = _calibrated_two_languages(tiny_llama)
+    texts = {"xq": [f"qqq {i} qiq" for i in range(6)], "xa": ["ignored: xa has a centroid"]}
+    check = {"xq": [f"qqq qqq {i}" for i in range(4)]}
+    after, rep = add_languages(tiny_llama, TOK, before, texts, check, progress=False)
+    g0, g = before.gate, after.gate
+    assert g.languages == ("xa", "xz", "xq") and rep["added"] == ["xq"]
+    assert torch.equal(g.centroids[:2], g0.centroids)
+    point = ("resid_post", 1)
+    direct = capture(tiny_llama, TOK, texts["xq"], [point], pooling="mean",
+                     progress=False)[point].mean(0)
+    assert torch.allclose(g.centroids[2], direct, atol=1e-6)
+    assert g.thresholds == g0.thresholds and g.threshold == g0.threshold
+    assert g.threshold_for("xq") == g0.threshold and "xq" not in g.thresholds
+    assert set(rep["check_accuracy"]) == {"xq"} and 0.0 <= rep["check_accuracy"]["xq"] <= 1.0
+    # its own texts are nearest to its centroid, so the gate names them xq
+    d = gate_decisions(tiny_llama, TOK, after, texts["xq"], chat=False)
+    assert d.langs.count("xq") >= 5
+    fired = d.scores > g0.threshold
+    assert torch.equal(d.fired, fired)
+    # the file round-trips with the extra language and no threshold for it
+    back = SteeringVector.load(after.save(tmp_path / "v.safetensors")).gate
+    assert back.languages == g.languages and torch.equal(back.centroids, g.centroids)
+    assert back.thresholds == g.thresholds and back.threshold_for("xq") == g.threshold
+
+
+def test_add_languages_needs_a_language_aware_gate(tiny_llama):
+    from lasa_steer.errors import FitConfigError
+    from lasa_steer.fit.languages import add_languages
+    with pytest.raises(FitConfigError, match="language-aware gate"):
+        add_languages(tiny_llama, TOK, make_vector(tiny_llama, gate_layer=2),
+                      {"xq": ["qqq"]}, progress=False)
+
+
+def test_calibrate_languages_identify_only_gets_pooled_threshold(tiny_llama):
+    from lasa_steer.fit.data import Example
+    from lasa_steer.fit.languages import calibrate_languages
+    words = {"xa": "aaa bab", "xz": "zzz yzy"}
+    train = [Example(f"{w} {i} {'bomb' if i % 2 else 'cake'}", i % 2, lang)
+             for lang, w in words.items() for i in range(8)]
+    val = [Example(f"{w} {w} {i} {'kill' if i % 2 else 'tea'}", i % 2, lang)
+           for lang, w in words.items() for i in range(10)]
+    out, report = calibrate_languages(
+        tiny_llama, TOK, make_vector(tiny_llama, gate_layer=2), train, val, fpr=0.2,
+        lid_layer=1, per_language=8, progress=False,
+        identify_only={"xq": [f"qqq {i} qiq" for i in range(6)], "xa": ["not added twice"]})
+    g = out.gate
+    assert g.languages == ("xa", "xz", "xq") and g.centroids.shape[0] == 3
+    assert set(g.thresholds) == {"xa", "xz"} and g.threshold_for("xq") == g.threshold
+    assert set(report["per_language"]) == {"xa", "xz"}
+
+
+def test_identification_texts_from_parallel_corpora(tmp_path):
+    """Languages of NTREX (and NusaX's Javanese) that the fit lacks, disjoint fit/check
+    sentences; nothing when the data folder has no corpora."""
+    from lasa_steer.fit.languages import identification_texts
+    nt = tmp_path / "parallel" / "ntrex128"
+    nt.mkdir(parents=True)
+    (nt / "newstest2019-src.eng.txt").write_text("".join(f"e{i}\n" for i in range(30)))
+    (nt / "newstest2019-ref.swa.txt").write_text("".join(f"s{i}\n" for i in range(30)))
+    (nt / "newstest2019-ref.deu.txt").write_text("".join(f"d{i}\n" for i in range(30)))
+    texts, check = identification_texts({"en", "de"}, str(tmp_path), per_language=10, check=5)
+    assert list(texts) == ["sw"] and len(texts["sw"]) == 10 and len(check["sw"]) == 5
+    assert not set(texts["sw"]) & set(check["sw"])
+    assert identification_texts({"en"}, str(tmp_path / "missing"))[0] == {}

@@ -7,7 +7,9 @@ score at its block (linear candidates and an MLP probe, chosen by worst-language
 held-out-style TPR) with thresholds that also hold on hard negatives
 (:mod:`lasa_steer.fit.regate`). ``--action`` also sets the file's
 default action (e.g. ``refuse``: the reply of a fired row is a refusal sentence in the
-prompt's language)."""
+prompt's language). Languages of ``--identify``'s parallel corpora without labelled prompts
+get an identification centroid and the pooled threshold; ``--add-languages`` adds only those
+to a calibrated file, keeping everything else."""
 
 from __future__ import annotations
 
@@ -45,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "train, half to train, half to calibrate (default 400; 0 = none)")
     p.add_argument("--probe-hidden", type=int, default=64,
                    help="with --gate refit: width of the MLP probe candidate (0 = none)")
+    p.add_argument("--identify", default="ntrex,nusax",
+                   help="parallel corpora whose languages without labelled prompts get an "
+                        "identification centroid and the pooled threshold (default "
+                        "ntrex,nusax; 'none' = only the labelled languages)")
+    p.add_argument("--add-languages", action="store_true",
+                   help="only add identification centroids (--identify) for languages the "
+                        "gate lacks; its score, thresholds and centroids stay")
     p.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=run)
@@ -53,22 +62,46 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..errors import FitConfigError
     from ..fit.data import load_polyrefuse
-    from ..fit.languages import calibrate_languages
+    from ..fit.languages import (add_languages, calibrate_languages, check_identification,
+                                 identification_texts)
     from ..model.loading import load_model
     from ..vector.file import SteeringVector
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.add_languages and args.gate == "refit":
+        raise FitConfigError("--add-languages keeps the gate: drop --gate refit")
     t0 = time.perf_counter()
     vector = SteeringVector.load(args.vector)
     model, tok = load_model(args.model)
     vector.check_model(model)
+    sources = [] if args.identify == "none" else args.identify.split(",")
+    if args.add_languages:
+        have = vector.gate.languages if vector.gate else ()
+        texts, check = identification_texts(have, args.data_dir, args.per_language,
+                                            sources=sources)
+        out, added = add_languages(model, tok, vector, texts, check)
+        report = dict(out.extra.get("language_gate", {}))
+        report["identification_check"] = {**report.get("identification_check", {}),
+                                          **added["check_accuracy"]}
+        report["wall_time_s"] = round(time.perf_counter() - t0, 1)
+        out.extra = {**out.extra, "language_gate": report}
+        path = out.save(args.out)
+        print(f"wrote {path}: added {added['added'] or 'no languages'}; identified on "
+              f"held-out sentences: {added['check_accuracy']}")
+        return 0
     train = load_polyrefuse(args.data_dir, "train")
     val = load_polyrefuse(args.data_dir, "val", limit=args.val_limit)
+    texts, check = identification_texts({e.lang for e in train}, args.data_dir,
+                                        args.per_language, sources=sources)
+    checked: dict = {}
     if not (vector.gate and vector.gate.language_aware) or args.gate == "keep":
         vector, report = calibrate_languages(model, tok, vector, train, val, args.fpr,
-                                             args.lid_layer, args.per_language)
+                                             args.lid_layer, args.per_language,
+                                             identify_only=texts)
+        checked = check_identification(model, tok, vector.gate, check)
     out = vector
     if args.gate == "refit":
         from ..fit.hard_negatives import refusal_direction_hard_negatives
@@ -84,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
               f"{report['hard_negatives']['calibration_fpr']}")
     if args.action:  # the calibrated strength stays: it is what action 'add' uses
         out = replace(out, default_action=args.action)
+    report["identification_check"] = checked or vector.extra.get(
+        "language_gate", {}).get("identification_check", {})
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
     out.extra = {**out.extra, "language_gate": report}
     path = out.save(args.out)

@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "dtype name; the gate threshold and generation always use the model")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
+    p.add_argument("--identify", default="ntrex,nusax",
+                   help="parallel corpora (in --data-dir) whose languages without labelled "
+                        "prompts the language-aware gate also identifies, with the pooled "
+                        "threshold (default ntrex,nusax; 'none' = only the fit's languages)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -53,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..fit.data import load_labelled, load_polyrefuse, split_examples
+    from ..fit.languages import identification_texts
     from ..fit.pipeline import FitConfig, fit, write_report
     from ..model.loading import load_model
 
@@ -82,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
                     contrastive_per_language=args.contrastive_per_language,
                     capture_dtype=args.capture_dtype, batch_size=args.batch_size,
                     seed=args.seed, progress=not args.no_progress)
-    result = fit(model, tok, train, val, cfg, data_info=info)
+    texts, check = identification_texts(
+        {e.lang for e in train}, args.data_dir, cfg.lid_per_language, seed=args.seed,
+        sources=[] if args.identify == "none" else args.identify.split(","))
+    result = fit(model, tok, train, val, cfg, data_info=info, identify_only=texts,
+                 identify_check=check)
     elapsed = time.perf_counter() - t0
     result.report["wall_time_s"] = round(elapsed, 1)
     result.vector.extra["fit_wall_time_s"] = round(elapsed, 1)

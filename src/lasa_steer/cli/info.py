@@ -40,14 +40,20 @@ def describe(vector: SteeringVector) -> str:
         if g.language_aware:
             lines.append(f"languages    {len(g.languages)} centroids at block {g.lid_layer} "
                          f"(mean state); thresholds at FPR {g.fpr}; others: {g.threshold:.4g}")
-            per = vector.extra.get("language_gate", {}).get("per_language", {})
+            per = report.get("per_language", {})
+            checked = report.get("identification_check", {})
             for lang in g.languages:
                 row = per.get(lang, {})
                 rates = "".join(f", {k} {row[k]:.2f}" for k in ("tpr", "fpr", "lid_accuracy")
                                 if isinstance(row.get(k), float) and row[k] == row[k])
                 thr = g.thresholds.get(lang)
-                lines.append(f"  {lang:<4}       threshold "
-                             f"{'-' if thr is None else format(thr, '.4g')}{rates}")
+                if thr is None:  # no labelled prompts: identified, pooled threshold
+                    acc = f", identified on {checked[lang]:.2f} of held-out sentences" \
+                        if lang in checked else ""
+                    lines.append(f"  {lang:<4}       threshold {g.threshold:.4g} (pooled; "
+                                 f"identification only{acc})")
+                    continue
+                lines.append(f"  {lang:<4}       threshold {format(thr, '.4g')}{rates}")
     else:
         lines.append("gate         none (mode='always' only)")
     for name, per_layer in sorted(vector.directions.items()):

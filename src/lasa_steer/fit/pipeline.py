@@ -18,15 +18,16 @@ Pipeline (each step's figures go into the report and the vector's metadata):
 5. calibration on validation data: gate threshold for a target FPR on harmless prompts; the
    candidate and strength by generating replies (refusal rate on harmful prompts, first-token
    KL and greedy agreement on harmless ones); then (5c) the language-aware gate: language
-   centroids at an early block and a threshold per language at the same FPR
-   (:mod:`lasa_steer.fit.languages`).
+   centroids at an early block and a threshold per language at the same FPR, plus
+   identification-only centroids for ``identify_only``'s languages (harmless parallel text;
+   they take the pooled threshold) (:mod:`lasa_steer.fit.languages`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ from ..types import HARMFUL, HARMLESS, Point
 from ..vector.file import SteeringVector
 from .bottleneck import DEFAULT_BAND, LayerReport, bottleneck_of
 from .calibrate import choose_trial, gated_check, strength_trials
-from .languages import calibrate_languages
+from .languages import calibrate_languages, check_identification
 from .candidates import clamp_targets, refusal_candidates, refusal_layers_for
 from .gate_fit import GateFit, calibrate_gate
 from .probe import ProbeConfig
@@ -132,7 +133,9 @@ class Captures:
 
 def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequence[Example],
         config: FitConfig | None = None, judge: Callable[[str, str], bool] | None = None,
-        data_info: dict[str, Any] | None = None) -> FitResult:
+        data_info: dict[str, Any] | None = None,
+        identify_only: Mapping[str, Sequence[str]] | None = None,
+        identify_check: Mapping[str, Sequence[str]] | None = None) -> FitResult:
     """Fit a gated refusal vector for ``model`` (see the module docstring). Longer than 60
     lines on purpose: it is the pipeline's table of contents, one named step per line in
     the order of the module docstring; splitting it would hide that order."""
@@ -181,7 +184,10 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
         vector, languages = calibrate_languages(model, tokenizer, vector, train, val, cfg.fpr,
                                                 per_language=cfg.lid_per_language,
                                                 batch_size=cfg.batch_size, seed=cfg.seed,
-                                                progress=cfg.progress)
+                                                progress=cfg.progress,
+                                                identify_only=identify_only)
+        languages["identification_check"] = check_identification(
+            model, tokenizer, vector.gate, identify_check or {}, cfg.batch_size, cfg.progress)
     gated = gated_check(model, tokenizer, vector, val, cfg, judge)
     counts = label_counts(train, val)
     report = FitReport(
