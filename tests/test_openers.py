@@ -118,14 +118,20 @@ def test_language_gate_unknown_language_gets_global_threshold():
     assert decide(g, pooled, torch.tensor([[0.0, 9.0], [0.0, 11.0]])).fired.tolist() == [False, False]
 
 
-def test_calibrate_languages_sets_centroids_and_thresholds(tiny_llama):
+def _two_languages():
+    """Training and validation prompts of two made-up languages, harmful on odd rows."""
     from lasa_steer.fit.data import Example
-    from lasa_steer.fit.languages import calibrate_languages
     words = {"xa": "aaa bab", "xz": "zzz yzy"}
     train = [Example(f"{w} {i} {'bomb' if i % 2 else 'cake'}", i % 2, lang)
              for lang, w in words.items() for i in range(8)]
     val = [Example(f"{w} {w} {i} {'kill' if i % 2 else 'tea'}", i % 2, lang)
            for lang, w in words.items() for i in range(10)]
+    return train, val
+
+
+def test_calibrate_languages_sets_centroids_and_thresholds(tiny_llama):
+    from lasa_steer.fit.languages import calibrate_languages
+    train, val = _two_languages()
     vector = make_vector(tiny_llama, gate_layer=2)
     out, report = calibrate_languages(tiny_llama, TOK, vector, train, val, fpr=0.2,
                                       lid_layer=1, per_language=8, progress=False)
@@ -137,13 +143,8 @@ def test_calibrate_languages_sets_centroids_and_thresholds(tiny_llama):
 
 
 def _calibrated_two_languages(model):
-    from lasa_steer.fit.data import Example
     from lasa_steer.fit.languages import calibrate_languages
-    words = {"xa": "aaa bab", "xz": "zzz yzy"}
-    train = [Example(f"{w} {i} {'bomb' if i % 2 else 'cake'}", i % 2, lang)
-             for lang, w in words.items() for i in range(8)]
-    val = [Example(f"{w} {w} {i} {'kill' if i % 2 else 'tea'}", i % 2, lang)
-           for lang, w in words.items() for i in range(10)]
+    train, val = _two_languages()
     return calibrate_languages(model, TOK, make_vector(model, gate_layer=2), train, val,
                                fpr=0.2, lid_layer=1, per_language=8, progress=False)[0]
 
@@ -187,13 +188,8 @@ def test_add_languages_needs_a_language_aware_gate(tiny_llama):
 
 
 def test_calibrate_languages_identify_only_gets_pooled_threshold(tiny_llama):
-    from lasa_steer.fit.data import Example
     from lasa_steer.fit.languages import calibrate_languages
-    words = {"xa": "aaa bab", "xz": "zzz yzy"}
-    train = [Example(f"{w} {i} {'bomb' if i % 2 else 'cake'}", i % 2, lang)
-             for lang, w in words.items() for i in range(8)]
-    val = [Example(f"{w} {w} {i} {'kill' if i % 2 else 'tea'}", i % 2, lang)
-           for lang, w in words.items() for i in range(10)]
+    train, val = _two_languages()
     out, report = calibrate_languages(
         tiny_llama, TOK, make_vector(tiny_llama, gate_layer=2), train, val, fpr=0.2,
         lid_layer=1, per_language=8, progress=False,
