@@ -1,24 +1,43 @@
-"""Serving benchmark: ``lasa serve`` (steering on: gate + add) against
-``transformers serve --continuous-batching`` (the peer, no steering) on the same model folder.
+"""Serving benchmark: ``lasa serve`` (HF engine) and ``lasa serve --engine vllm``, both with
+steering on (gate + add), against ``transformers serve --continuous-batching`` and vanilla
+vLLM's OpenAI server (``python -m vllm.entrypoints.openai.api_server``, its default
+compiled mode), the peers without steering, on the same model folder.
 
 For N concurrent chat requests (greedy, ``--max-tokens`` new tokens each) it reports
 completion tokens per second over the wall time of the wave, p50/p95 request latency and the
-server process's peak RSS; then the latency of ``/v1/moderations`` (gate only: the model runs
-up to the bottleneck block) against a full chat prefill (``max_tokens=1``) on lasa.
+server process tree's peak RSS (vLLM's engine-core child included); then, for the lasa
+servers, the latency of ``/v1/moderations`` against a full chat prefill (``max_tokens=1``).
 
-Both servers are loaded side by side but measured one at a time (the other idles), in
-interleaved rounds, and the best wave per server and N is reported: the benchmark machine is
-shared, so a single wave may be slowed by other jobs. Usage::
+Servers (``--servers``, comma-separated, default all four):
 
-    python benchmarks/serve.py                       # N = 1, 8, 16; 64 tokens
-    python benchmarks/serve.py --n 1 16 --threads 2 --json out/serve.json
+* ``lasa``: ``.venv/bin/lasa serve`` (HF engine), steering gate + add;
+* ``lasa-vllm``: ``.venv-vllm/bin/lasa serve --engine vllm`` (the plugin's engine,
+  vLLM's default compilation unless the plugin says otherwise), steering gate + add;
+* ``vllm``: ``.venv-vllm/bin/python -m vllm.entrypoints.openai.api_server``, vLLM's default
+  compilation, and the scheduling the plugin needs (no chunked prefill, no prefix caching,
+  the same ``max_num_seqs`` and token budget), so the two vLLM servers differ by the plugin;
+* ``transformers``: ``.venv/bin/transformers serve --continuous-batching``.
+
+The servers are loaded side by side but measured one at a time (the others idle), in
+interleaved rounds (the order reverses every round), and the best wave per server and N is
+reported (``--pick median`` for the median): the benchmark machine is shared, so a single
+wave may be slowed by other jobs. No server but vanilla vLLM takes ``ignore_eos``, so every
+request is sent alike (``--ignore-eos`` sends it to vanilla vLLM only) and the completion
+tokens each server reports are counted. A server that fails to start is reported with the
+tail of its log and left out; the others run. Usage (from either venv)::
+
+    python benchmarks/serve.py                       # all four; N = 1, 8, 16; 64 tokens
+    python benchmarks/serve.py --servers lasa-vllm,vllm --n 16 --json out/serve.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -86,18 +105,18 @@ class RssWatch:
         return self.peak
 
 
-def wait_ready(base: str, proc: subprocess.Popen, path: str, timeout: float = 300) -> None:
+def wait_ready(base: str, proc: subprocess.Popen, path: str, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            raise RuntimeError(f"exited with code {proc.returncode} before it was ready")
         try:
             if httpx.get(base + path, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{base} not ready after {timeout}s")
+        time.sleep(1)
+    raise RuntimeError(f"{base}{path} not ready after {timeout:.0f} s")
 
 
 def chat_once(base: str, model: str, prompt: str, max_tokens: int,
@@ -128,45 +147,103 @@ def wave(base: str, model: str, n: int, max_tokens: int, extra: dict | None) -> 
 class Server:
     """A server subprocess, its base URL, model id and peak-RSS watcher."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict, port: int, log: Path,
-                 model: str, extra: dict | None):
-        print(f"== {name}: {' '.join(cmd)}", flush=True)
-        self.name, self.base, self.model, self.extra = name, f"http://127.0.0.1:{port}", model, extra
-        with open(log, "w") as fh:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                         cwd=REPO)
+    def __init__(self, key: str, name: str, cmd: list[str], env: dict, port: int, log: Path,
+                 model: str, extra: dict | None, start_timeout: float):
+        print(f"== {key}: {name}\n   {' '.join(cmd)}\n   log: {log}", flush=True)
+        self.key, self.name, self.model, self.extra = key, name, model, extra
+        self.base, self.log, self.start_timeout = f"http://127.0.0.1:{port}", log, start_timeout
+        self.cmd = cmd
+        self.proc: subprocess.Popen | None = None
         self.watch: RssWatch | None = None
         self.rows: dict[int, list[dict]] = {}
+        self.error: str | None = None
+        self.start_s = 0.0
+        self._t0 = time.perf_counter()
+        if not Path(cmd[0]).exists():
+            self.error = f"{cmd[0]} not found (make setup / make setup-vllm)"
+            return
+        with open(log, "w") as fh:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                         cwd=REPO, start_new_session=True)
 
-    def start(self) -> None:
-        wait_ready(self.base, self.proc, "/health")
-        if not self.model:
-            self.model = httpx.get(self.base + "/v1/models").json()["data"][0]["id"]
-        chat_once(self.base, self.model, "Hello!", 8, self.extra)  # warm-up
+    def start(self, warm_n: int) -> bool:
+        """Wait until ready, then warm up (one request, then a wave of ``warm_n`` short ones);
+        False, with the error and the log's tail printed, if it fails."""
+        if self.error:
+            print(f"!! {self.key} not started: {self.error}", flush=True)
+            return False
+        try:
+            wait_ready(self.base, self.proc, "/health", self.start_timeout)
+            self.start_s = round(time.perf_counter() - self._t0, 1)
+            if not self.model:
+                self.model = httpx.get(self.base + "/v1/models").json()["data"][0]["id"]
+            chat_once(self.base, self.model, "Hello!", 8, self.extra)  # warm-up
+            wave(self.base, self.model, warm_n, 8, self.extra)
+        except Exception as exc:  # noqa: BLE001 - reported, the server is left out
+            self.error = f"{type(exc).__name__}: {exc}"
+            tail = self.log.read_text(errors="replace").splitlines()[-30:]
+            print(f"!! {self.key} failed to start: {self.error}\n   last lines of {self.log}:\n"
+                  + "\n".join("   | " + line for line in tail), flush=True)
+            self.stop()
+            return False
+        print(f"   {self.key} ready after {self.start_s} s", flush=True)
         self.watch = RssWatch(self.proc.pid)
+        return True
 
     def wave(self, n: int, max_tokens: int) -> None:
         row = wave(self.base, self.model, n, max_tokens, self.extra)
-        print(f"   {self.name[:24]:<24} N={n:>3}: {row['tokens']} tokens in {row['wall_s']} s "
+        print(f"   {self.key:<13} N={n:>3}: {row['tokens']} tokens in {row['wall_s']} s "
               f"= {row['tok_per_s']} tok/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s",
               flush=True)
         self.rows.setdefault(n, []).append(row)
 
-    def summary(self) -> dict:
-        best = {n: max(rows, key=lambda r: r["tok_per_s"]) for n, rows in self.rows.items()}
+    def engine_mode(self) -> str | None:
+        """vLLM's compilation as its start-up log states it (vLLM servers only)."""
+        if "vllm" not in self.key or not self.log.is_file():
+            return None
+        text = self.log.read_text(errors="replace")
+        eager = re.search(r"enforce_eager=(True|False)", text)
+        mode = re.search(r"'mode': <CompilationMode\.(\w+)", text)
+        took = re.search(r"torch\.compile takes ([\d.]+) s", text)
+        if eager and eager.group(1) == "True":
+            return "eager (enforce_eager=True)"
+        out = "compiled" if took or (mode and mode.group(1) != "NONE") else "unknown"
+        if mode:
+            out += f" ({mode.group(1)})"
+        if took:
+            out += f", torch.compile {took.group(1)} s at start"
+        return out
+
+    def summary(self, pick: str) -> dict:
+        if pick == "median":
+            chosen = {n: sorted(rows, key=lambda r: r["tok_per_s"])[(len(rows) - 1) // 2]
+                      for n, rows in self.rows.items()}  # the lower median
+        else:
+            chosen = {n: max(rows, key=lambda r: r["tok_per_s"]) for n, rows in self.rows.items()}
         peak = self.watch.peak if self.watch else 0
-        return {"server": self.name, "model": self.model, "peak_rss_mib": peak >> 20,
-                "rows": [best[n] for n in sorted(best)],
+        return {"key": self.key, "server": self.name, "command": self.cmd, "model": self.model,
+                "engine_mode": self.engine_mode(), "start_s": self.start_s,
+                "peak_rss_mib": peak >> 20, "rows": [chosen[n] for n in sorted(chosen)],
                 "all_rounds": {str(n): rows for n, rows in self.rows.items()}}
 
     def stop(self) -> None:
         if self.watch:
             self.watch.stop()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.watch = None
+        if self.proc is None:
+            return
+        # the server leads its own process group (start_new_session): end the group, so that
+        # vLLM's engine-core process goes with it
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(1)
 
 
 def moderation_vs_prefill(base: str, model: str, reps: int = 10) -> dict:
@@ -203,83 +280,175 @@ def vector_folder(tmp: Path) -> tuple[Path, str]:
     return tmp, "temporary difference-of-means vector (shipped one absent)"
 
 
+SERVERS = ("lasa", "lasa-vllm", "vllm", "transformers")
+STEER = {"steering": {"mode": "gate", "action": "add"}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--servers", default=",".join(SERVERS),
+                    help=f"comma-separated, of {', '.join(SERVERS)} (default: all)")
     ap.add_argument("--n", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None,
-                    help="OMP/torch threads for both servers (default: their own)")
+                    help="OMP/torch threads for the HF-engine servers (default: their own)")
+    ap.add_argument("--vllm-bind", default=None,
+                    help="VLLM_CPU_OMP_THREADS_BIND for the vLLM servers, e.g. 0-1 (default: "
+                         "vLLM's auto: on 2 cores one compute thread, one core reserved)")
     ap.add_argument("--dtype", default=None,
-                    help="model dtype for both servers, e.g. bfloat16 (default: float32 on CPU)")
+                    help="model dtype for every server, e.g. bfloat16 (default: float32)")
     ap.add_argument("--rounds", type=int, default=2,
-                    help="interleaved rounds; the best wave per server and N is reported")
-    ap.add_argument("--skip-peer", action="store_true")
+                    help="interleaved rounds (default 2)")
+    ap.add_argument("--pick", choices=("best", "median"), default="best",
+                    help="the wave reported per server and N (default: best)")
+    ap.add_argument("--max-model-len", type=int, default=4096,
+                    help="both vLLM servers' max_model_len (and token budget per step)")
+    ap.add_argument("--kv-space", type=int, default=2,
+                    help="VLLM_CPU_KVCACHE_SPACE in GiB for each vLLM server (default 2)")
+    ap.add_argument("--cb-num-blocks", type=int, default=None,
+                    help="transformers serve's KV pages (default: --kv-space worth; 0: its "
+                         "own default, 90 %% of free memory)")
+    ap.add_argument("--ignore-eos", action="store_true",
+                    help="send ignore_eos to vanilla vLLM (the only server that takes it)")
+    ap.add_argument("--venv", type=Path, default=REPO / ".venv")
+    ap.add_argument("--vllm-venv", type=Path, default=REPO / ".venv-vllm")
+    ap.add_argument("--start-timeout", type=float, default=1200,
+                    help="seconds each server may take to be ready (default 1200: vLLM "
+                         "compiles at start, all servers start together on a busy machine)")
+    ap.add_argument("--skip-peer", action="store_true", help="leave out transformers serve")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
+    keys = [k.strip() for k in args.servers.split(",") if k.strip()]
+    if not keys or set(keys) - set(SERVERS):
+        ap.error(f"--servers takes {', '.join(SERVERS)}")
+    if args.skip_peer and "transformers" in keys:
+        keys.remove("transformers")
 
     cache = Path(os.environ.setdefault("LASA_CACHE", str(REPO / ".lasa_cache")))
     folder = cache / "models" / MODEL
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    hf_env = dict(env)
     if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+        hf_env["OMP_NUM_THREADS"] = str(args.threads)
+    vllm_env = {**env, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_space)}
+    if args.vllm_bind:
+        vllm_env["VLLM_CPU_OMP_THREADS_BIND"] = args.vllm_bind
     tmp = Path(tempfile.mkdtemp(prefix="lasa-bench-"))
     vectors, vector_note = vector_folder(tmp)
     if not folder.is_dir():
         from lasa_steer import load_model
 
         load_model(MODEL)  # converts the embedded model into the cache folder
-    results = {"cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(),
-               "dtype": args.dtype or "float32",
-               "max_tokens": args.max_tokens, "threads": args.threads, "vector": vector_note,
-               "model_folder": str(folder), "servers": []}
-    bin_dir = Path(sys.executable).parent
+    git = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %cI %s"],
+                         capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src",
+                            "lasa_serve"], capture_output=True, text=True).stdout.strip()
+    diff = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD", "--", "src", "lasa_serve"],
+                          capture_output=True).stdout
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git,
+               "uncommitted_engine_files": dirty.splitlines(),
+               "uncommitted_diff_sha1": hashlib.sha1(diff).hexdigest() if diff else None,
+               "command": " ".join([Path(sys.executable).name] + sys.argv),
+               "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(),
+               "dtype": args.dtype or "float32", "pick": args.pick, "rounds": args.rounds,
+               "max_tokens": args.max_tokens, "threads": args.threads,
+               "vllm_bind": args.vllm_bind or "auto", "vector": vector_note,
+               "kv_space_gib": args.kv_space, "ignore_eos_to_vllm": args.ignore_eos,
+               "model_folder": str(folder), "servers": [], "failed": {}}
+    hf_bin, vllm_bin = args.venv / "bin", args.vllm_venv / "bin"
+    dtype = args.dtype or "float32"
+    specs = {}
     port = free_port()
-    lasa_cmd = [str(bin_dir / "lasa"), "serve", "--model", str(folder), "--served-model-name",
-                MODEL, "--vectors", str(vectors), "--default-vector", MODEL, "--port", str(port),
-                "--mode", "gate", "--action", "add", "--max-batch", "64", "--log-level",
-                "warning"] + (["--threads", str(args.threads)] if args.threads else []) \
-        + (["--dtype", args.dtype] if args.dtype else [])
-    servers = [Server("lasa serve (gate + add)", lasa_cmd, env, port, tmp / "lasa.log", MODEL,
-                      {"steering": {"mode": "gate", "action": "add"}})]
-    if not args.skip_peer:
-        port = free_port()
-        peer_cmd = [str(bin_dir / "transformers"), "serve", "--continuous-batching",
-                    "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"] \
-            + (["--dtype", args.dtype] if args.dtype else []) + [str(folder)]
-        servers.append(Server("transformers serve --continuous-batching", peer_cmd, env, port,
-                              tmp / "peer.log", "", None))
+    specs["lasa"] = dict(
+        name="lasa serve (HF engine, gate + add)", port=port, env=hf_env, model=MODEL,
+        extra=STEER,
+        cmd=[str(hf_bin / "lasa"), "serve", "--model", str(folder), "--served-model-name", MODEL,
+             "--vectors", str(vectors), "--default-vector", MODEL, "--port", str(port),
+             "--mode", "gate", "--action", "add", "--max-batch", "64", "--log-level",
+             "warning"] + (["--threads", str(args.threads)] if args.threads else [])
+            + (["--dtype", args.dtype] if args.dtype else []))
+    port = free_port()
+    specs["lasa-vllm"] = dict(
+        name="lasa serve --engine vllm (gate + add)", port=port, env=vllm_env, model=MODEL,
+        extra=STEER,
+        cmd=[str(vllm_bin / "lasa"), "serve", "--engine", "vllm", "--model", str(folder),
+             "--served-model-name", MODEL, "--vectors", str(vectors), "--default-vector", MODEL,
+             "--port", str(port), "--mode", "gate", "--action", "add", "--max-batch", "64",
+             "--max-model-len", str(args.max_model_len), "--max-batch-tokens",
+             str(args.max_model_len), "--dtype", dtype, "--log-level", "warning"])
+    port = free_port()
+    specs["vllm"] = dict(
+        name="vanilla vLLM OpenAI server (default compilation)", port=port, env=vllm_env,
+        model=MODEL, extra={"ignore_eos": True} if args.ignore_eos else None,
+        cmd=[str(vllm_bin / "python"), "-m", "vllm.entrypoints.openai.api_server",
+             "--model", str(folder), "--served-model-name", MODEL, "--host", "127.0.0.1",
+             "--port", str(port), "--dtype", dtype, "--max-model-len", str(args.max_model_len),
+             "--max-num-seqs", "64", "--max-num-batched-tokens", str(args.max_model_len),
+             "--no-enable-chunked-prefill", "--no-enable-prefix-caching", "--seed", "0",
+             "--disable-log-stats", "--disable-uvicorn-access-log"])
+    # transformers' paged cache takes 90 % of free memory by default (~10 GiB here), which
+    # does not fit beside two vLLM servers: give it vLLM's KV space instead (pages of 256
+    # tokens; SmolLM2-135M float32 keeps 30 blocks x 2 x 3 heads x 64 x 4 B = 45 KiB a token)
+    cb_blocks = args.cb_num_blocks if args.cb_num_blocks is not None else \
+        max(16, args.kv_space * 2**30 // (256 * 30 * 2 * 3 * 64 * 4))
+    port = free_port()
+    specs["transformers"] = dict(
+        name="transformers serve --continuous-batching", port=port, env=hf_env, model="",
+        extra=None,
+        cmd=[str(hf_bin / "transformers"), "serve", "--continuous-batching", "--host",
+             "127.0.0.1", "--port", str(port), "--device", "cpu", "--model-timeout", "86400"]
+            + (["--cb-num-blocks", str(cb_blocks)] if cb_blocks else [])
+            + (["--dtype", args.dtype] if args.dtype else []) + [str(folder)])
+    servers = [Server(k, specs[k]["name"], specs[k]["cmd"], specs[k]["env"], specs[k]["port"],
+                      tmp / f"{k}.log", specs[k]["model"], specs[k]["extra"],
+                      args.start_timeout) for k in keys]
     try:
-        for srv in servers:  # both load; only one is measured at a time, the other idles
-            srv.start()
+        ready = []
+        for srv in servers:  # all load together; only one is measured at a time, others idle
+            if srv.start(max(args.n)):
+                ready.append(srv)
+            else:
+                results["failed"][srv.key] = srv.error
+        if not ready:
+            raise SystemExit("no server started")
         for r in range(args.rounds):
-            print(f"-- round {r + 1}/{args.rounds}", flush=True)
+            print(f"-- round {r + 1}/{args.rounds} (load average {os.getloadavg()[0]:.1f})",
+                  flush=True)
             for n in args.n:
-                for srv in servers if r % 2 == 0 else servers[::-1]:
+                for srv in ready if r % 2 == 0 else ready[::-1]:
                     srv.wave(n, args.max_tokens)
-        results["servers"] = [srv.summary() for srv in servers]
-        results["servers"][0].update(moderation_vs_prefill(servers[0].base, MODEL))
+        results["servers"] = [srv.summary(args.pick) for srv in ready]
+        for srv, res in zip(ready, results["servers"]):
+            if srv.key in ("lasa", "lasa-vllm"):
+                res.update(moderation_vs_prefill(srv.base, MODEL))
     finally:
         for srv in servers:
             srv.stop()
+    results["load_avg_end"] = os.getloadavg()
     for res in results["servers"]:
-        print(f"{res['server']}: peak RSS {res['peak_rss_mib']} MiB; best of {args.rounds}: "
+        mode = f", {res['engine_mode']}" if res["engine_mode"] else ""
+        print(f"{res['key']} ({res['server']}{mode}): peak RSS {res['peak_rss_mib']} MiB; "
+              f"{args.pick} of {args.rounds}: "
               + ", ".join(f"N={row['n']} {row['tok_per_s']} tok/s (p50 {row['p50_s']} s, "
                           f"p95 {row['p95_s']} s)" for row in res["rows"]))
-    if len(results["servers"]) == 2:
-        lasa_rows = {r["n"]: r for r in results["servers"][0]["rows"]}
-        peer_rows = {r["n"]: r for r in results["servers"][1]["rows"]}
-        results["ratio_tok_per_s"] = {n: round(lasa_rows[n]["tok_per_s"] /
-                                               peer_rows[n]["tok_per_s"], 2)
-                                      for n in lasa_rows if n in peer_rows}
-        print("lasa / peer throughput:", results["ratio_tok_per_s"], flush=True)
-    results["load_avg_end"] = os.getloadavg()
+    by_key = {res["key"]: {row["n"]: row for row in res["rows"]} for res in results["servers"]}
+    results["ratios_tok_per_s"] = {}
+    for a, b in (("lasa-vllm", "vllm"), ("lasa-vllm", "lasa"), ("lasa-vllm", "transformers"),
+                 ("lasa", "transformers"), ("vllm", "transformers")):
+        if a in by_key and b in by_key:
+            ratio = {str(n): round(by_key[a][n]["tok_per_s"] / by_key[b][n]["tok_per_s"], 3)
+                     for n in by_key[a] if n in by_key[b] and by_key[b][n]["tok_per_s"]}
+            results["ratios_tok_per_s"][f"{a} / {b}"] = ratio
+            print(f"{a} / {b} throughput: {ratio}", flush=True)
+    if results["failed"]:
+        print("failed to start:", results["failed"])
     print(f"load average at start {results['load_avg_start']}, end {results['load_avg_end']} "
           f"on {os.cpu_count()} cores (the machine is shared)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
     print(f"server logs in {tmp}")
-    return 0
+    return 1 if results["failed"] else 0
 
 
 if __name__ == "__main__":
