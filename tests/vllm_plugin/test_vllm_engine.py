@@ -7,8 +7,6 @@ installed. One ``vllm.LLM`` for the module, in-process (conftest.py), max 16 new
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed here (make setup-vllm)")
@@ -20,8 +18,9 @@ from lasa_steer import SteeringVector, VectorMismatchError  # noqa: E402
 from lasa_steer.engines import vllm as lasa_vllm  # noqa: E402
 from lasa_steer.steering.api import end_of_turn  # noqa: E402
 from lasa_steer.steering.openers import Openers  # noqa: E402
-from vllm_cases import (MIXED, NEW, PROMPTS, VECTOR, eos_trimmed, params,  # noqa: E402
-                        prompt, run_mixed, shut_down, start_engine, tokens)
+from vllm_cases import (MIXED, NEW, VECTOR, check_gates, check_steered,  # noqa: E402
+                        check_unsteered, params, prompt, run_mixed, shut_down, start_engine,
+                        tokens)
 
 pytestmark = pytest.mark.vllm
 
@@ -54,44 +53,18 @@ def mixed(llm, hf):
 
 
 def test_unsteered_requests_equal_vanilla_vllm(llm, mixed):
-    _, vanilla = llm
     outs, report = mixed
-    for k, (i, s) in enumerate(MIXED):
-        if not s:
-            assert tokens(outs[k]) == vanilla[i], PROMPTS[i]
-            assert report[outs[k].request_id]["mode"] == "off"
+    check_unsteered(outs, report, [llm[1][i] for i, _ in MIXED])
 
 
 def test_steered_requests_equal_the_hf_engine(hf, hf_mixed, llm, mixed):
-    model, _ = hf
-    _, vanilla = llm
     outs, _ = mixed
-    changed = 0
-    for k, (i, s) in enumerate(MIXED):
-        if not s:
-            continue
-        expect, _ = hf_mixed[k]
-        got = tokens(outs[k])
-        assert got == eos_trimmed(model, expect), (PROMPTS[i], s)
-        changed += got != vanilla[i]
-    assert changed >= 4  # always-add, and fired gate rows with add, refuse and prefix
+    check_steered(hf[0], hf_mixed, outs, [llm[1][i] for i, _ in MIXED])
 
 
 def test_gate_fires_on_exactly_the_rows_the_hf_gate_fires_on(hf_mixed, mixed):
     outs, report = mixed
-    fired = []
-    for k, (i, s) in enumerate(MIXED):
-        if s.get("mode") != "gate":
-            continue
-        _, (score, hf_fired, lang) = hf_mixed[k]
-        got = report[outs[k].request_id]
-        assert (got["vector"], got["mode"], got["action"]) == \
-            ("smollm2", "gate", s.get("action", "refuse"))
-        assert got["fired"] is hf_fired, PROMPTS[i]
-        assert got["lang"] == lang
-        assert math.isclose(got["gate_score"], score, rel_tol=1e-4, abs_tol=1e-4)
-        fired.append(hf_fired)
-    assert any(fired) and not all(fired)  # the batch holds both decisions
+    check_gates(hf_mixed, outs, report)
 
 
 def test_finished_requests_leave_the_live_state(hf, llm, mixed):

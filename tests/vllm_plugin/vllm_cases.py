@@ -6,6 +6,7 @@ guard for its spawned engine core), offline, with a small KV cache."""
 from __future__ import annotations
 
 import gc
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,46 @@ def eos_trimmed(model: Any, out: list[int]) -> list[int]:
     eos = model.generation_config.eos_token_id
     eos = int(eos[0] if isinstance(eos, list) else eos)
     return out[: out.index(eos) + 1] if eos in out else out
+
+
+# ------------------------------------------------------- checks shared by eager and compiled
+def check_unsteered(outs: list[Any], report: dict[str, dict[str, Any]],
+                    vanilla: list[list[int]]) -> None:
+    """Requests of ``MIXED`` without steering equal vanilla vLLM (``vanilla[k]`` for case k)
+    and are reported as ``off``."""
+    for k, (i, s) in enumerate(MIXED):
+        if not s:
+            assert tokens(outs[k]) == vanilla[k], PROMPTS[i]
+            assert report[outs[k].request_id]["mode"] == "off"
+
+
+def check_steered(model: Any, hf_mixed: list[Any], outs: list[Any],
+                  vanilla: list[list[int]]) -> None:
+    """Steered requests equal the HF engine's output for the same settings, and enough of
+    them differ from vanilla for the check to mean something."""
+    changed = 0
+    for k, (i, s) in enumerate(MIXED):
+        if s:
+            got = tokens(outs[k])
+            assert got == eos_trimmed(model, hf_mixed[k][0]), (PROMPTS[i], s)
+            changed += got != vanilla[k]
+    assert changed >= 4  # always-add, and fired gate rows with add, refuse and prefix
+
+
+def check_gates(hf_mixed: list[Any], outs: list[Any],
+                report: dict[str, dict[str, Any]]) -> None:
+    """Gate-mode requests: the settings used, and the HF gate's decision, language and
+    score (1e-4); the batch holds both decisions."""
+    fired = []
+    for k, (i, s) in enumerate(MIXED):
+        if s.get("mode") != "gate":
+            continue
+        _, (score, hf_fired, lang) = hf_mixed[k]
+        got = report[outs[k].request_id]
+        assert (got["vector"], got["mode"], got["action"]) == \
+            ("smollm2", "gate", s.get("action", "refuse"))
+        assert got["fired"] is hf_fired, PROMPTS[i]
+        assert got["lang"] == lang
+        assert math.isclose(got["gate_score"], score, rel_tol=1e-4, abs_tol=1e-4)
+        fired.append(hf_fired)
+    assert any(fired) and not all(fired)
