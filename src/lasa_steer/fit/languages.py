@@ -33,7 +33,7 @@ from ..capture import capture, gate_decisions
 from ..datafiles import default_data_dir
 from ..errors import DataError, FitConfigError
 from ..model.layers import find_layers
-from ..steering.gate import identify
+from ..steering.gate import LID_POOLING, identify
 from ..types import HARMFUL, HARMLESS
 from ..vector.file import SteeringVector
 from ..vector.gate import Gate
@@ -80,15 +80,22 @@ def identification_texts(have: Collection[str], data_dir: str | None = None,
     return fit_texts, check_texts
 
 
-def _centroids(model: nn.Module, tokenizer: Any, texts: Mapping[str, Sequence[str]],
-               lid: int, batch_size: int, desc: str | bool) -> torch.Tensor:
-    """Mean state at block ``lid`` (mean over each prompt's tokens) of each language's
-    texts, in the order of ``texts``."""
+def _lid_states(model: nn.Module, tokenizer: Any, texts: Mapping[str, Sequence[str]],
+                lid: int, batch_size: int, desc: str | bool) -> tuple[list[str], torch.Tensor]:
+    """The language of each text of ``texts`` (in order) and its state at block ``lid``
+    as the gate reads it there (:data:`LID_POOLING` over the prompt's tokens)."""
     order = [(lang, t) for lang, ts in texts.items() for t in ts]
     point = ("resid_post", lid)
-    states = capture(model, tokenizer, [t for _, t in order], [point], pooling="mean",
+    states = capture(model, tokenizer, [t for _, t in order], [point], pooling=LID_POOLING,
                      batch_size=batch_size, progress=desc)[point]
-    return torch.stack([states[[i for i, (x, _) in enumerate(order) if x == lang]].mean(0)
+    return [lang for lang, _ in order], states
+
+
+def _centroids(model: nn.Module, tokenizer: Any, texts: Mapping[str, Sequence[str]],
+               lid: int, batch_size: int, desc: str | bool) -> torch.Tensor:
+    """Mean state at block ``lid`` of each language's texts, in the order of ``texts``."""
+    langs, states = _lid_states(model, tokenizer, texts, lid, batch_size, desc)
+    return torch.stack([states[[i for i, x in enumerate(langs) if x == lang]].mean(0)
                         for lang in texts])
 
 
@@ -121,15 +128,12 @@ def check_identification(model: nn.Module, tokenizer: Any, gate: Gate,
                          check: Mapping[str, Sequence[str]], batch_size: int = 16,
                          progress: bool = True) -> dict[str, float]:
     """Per language of ``check``: the share of its texts ``gate`` identifies as it."""
-    rows = [(lang, t) for lang, ts in check.items() for t in ts]
-    if not rows or gate.lid_layer is None:
+    if gate.lid_layer is None or not any(check.values()):
         return {}
-    point = ("resid_post", gate.lid_layer)
-    states = capture(model, tokenizer, [t for _, t in rows], [point], pooling="mean",
-                     batch_size=batch_size, progress="languages: identification check"
-                     if progress else False)[point]
-    found = identify(gate, states, len(rows))
-    return {lang: round(sum(f == lang for f, (x, _) in zip(found, rows) if x == lang)
+    langs, states = _lid_states(model, tokenizer, check, gate.lid_layer, batch_size,
+                                "languages: identification check" if progress else False)
+    found = identify(gate, states, len(langs))
+    return {lang: round(sum(f == lang for f, x in zip(found, langs) if x == lang)
                         / len(ts), 4) for lang, ts in check.items() if ts}
 
 
