@@ -16,7 +16,13 @@ Servers (``--servers``, comma-separated, default all four):
 * ``vllm``: ``.venv-vllm/bin/python -m vllm.entrypoints.openai.api_server``, vLLM's default
   compilation, and the scheduling the plugin needs (no chunked prefill, no prefix caching,
   the same ``max_num_seqs`` and token budget), so the two vLLM servers differ by the plugin;
-* ``transformers``: ``.venv/bin/transformers serve --continuous-batching``.
+* ``transformers``: ``.venv/bin/transformers serve --continuous-batching``, its KV pages
+  capped to ``--kv-space`` and its OpenMP threads sleeping when they wait
+  (``OMP_WAIT_POLICY=PASSIVE``: spinning threads made it collapse on a shared 2-core machine).
+
+On 2 cores, ``--threads 1`` gives the HF-engine servers one compute thread, as vLLM's auto
+binding gives its workers (one compute core, one reserved), and keeps them steady when other
+jobs share the cores.
 
 The servers are loaded side by side but measured one at a time (the others idle), in
 interleaved rounds (the order reverses every round), and the best wave per server and N is
@@ -291,7 +297,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None,
-                    help="OMP/torch threads for the HF-engine servers (default: their own)")
+                    help="OMP/torch threads for the HF-engine servers (default: their own, "
+                         "torch's = the cores; 1 matches vLLM's one compute thread on 2 cores)")
     ap.add_argument("--vllm-bind", default=None,
                     help="VLLM_CPU_OMP_THREADS_BIND for the vLLM servers, e.g. 0-1 (default: "
                          "vLLM's auto: on 2 cores one compute thread, one core reserved)")
@@ -391,9 +398,20 @@ def main() -> int:
     # tokens; SmolLM2-135M float32 keeps 30 blocks x 2 x 3 heads x 64 x 4 B = 45 KiB a token)
     cb_blocks = args.cb_num_blocks if args.cb_num_blocks is not None else \
         max(16, args.kv_space * 2**30 // (256 * 30 * 2 * 3 * 64 * 4))
+    # transformers serve runs its model on torch's OpenMP pool (libgomp; 2 threads on 2 cores
+    # unless --threads says otherwise), whose threads spin-wait between the many small ops of
+    # a paged-attention step. With any other busy process on the 2 cores a spinning thread waits
+    # for a descheduled one at every op, and the server collapses: 2026-11-29, greedy 32-token
+    # requests, one busy-loop process beside it (and a test run), 2 threads 2.3 tok/s at N=1
+    # and 2.6 at N=4; OMP_WAIT_POLICY=PASSIVE 5.2 and 10.5; 1 thread 8.5 and 16.6 (alone on
+    # the quiet machine, 2 threads: 15.7 tok/s at N=1, 48.7 at N=8, 71.8 at N=16, 64 tokens).
+    # That was the 0.8-1.6 tok/s of the loaded --threads 2 run. Its threads sleep instead
+    # (unless the caller's environment sets a policy); lasa serve's environment is unchanged.
+    tf_env = {**hf_env}
+    tf_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     port = free_port()
     specs["transformers"] = dict(
-        name="transformers serve --continuous-batching", port=port, env=hf_env, model="",
+        name="transformers serve --continuous-batching", port=port, env=tf_env, model="",
         extra=None,
         cmd=[str(hf_bin / "transformers"), "serve", "--continuous-batching", "--host",
              "127.0.0.1", "--port", str(port), "--device", "cpu", "--model-timeout", "86400"]
