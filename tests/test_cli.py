@@ -40,3 +40,29 @@ def test_library_does_not_import_the_server():
     code = ("import sys, lasa_steer, lasa_steer.cli, lasa_steer.fit, lasa_steer.eval.run; "
             "sys.exit(any(m.split('.')[0] == 'lasa_serve' for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_vllm_args_prints_the_plain_server_flags(tmp_path, capsys):
+    """``lasa vllm-args`` prints one shell-quoted line (``server_args``) after reading every
+    file; a folder gives each file by stem; bad input is a one-line error."""
+    import shlex
+    from pathlib import Path
+
+    from lasa_steer import SteeringVector
+    from lasa_steer.engines.vllm.config import server_args
+
+    shipped = Path(__file__).resolve().parents[1] / "vectors" / "smollm2-135m-instruct.safetensors"
+    SteeringVector.load(shipped).save(tmp_path / "b.safetensors")
+    argv = ["vllm-args", "--vector", f"a={shipped}", "--vectors", str(tmp_path),
+            "--default-vector", "a", "--default-action", "add", "--max-model-len", "1024"]
+    assert main(argv) == 0
+    printed = shlex.split(capsys.readouterr().out)
+    assert printed == server_args({"b": tmp_path / "b.safetensors", "a": shipped},
+                                  default_vector="a", default_action="add", max_model_len=1024)
+    (tmp_path / "c.safetensors").write_bytes(b"not a vector")
+    for bad, needle in ((["--vector", "a"], "NAME=FILE"), ([], "at least one"),
+                        (["--vectors", str(tmp_path)], "c.safetensors"),
+                        (["--vector", f"a={shipped}", "--default-vector", "z"], "'z'")):
+        assert main(["vllm-args", *bad]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and needle in err, err

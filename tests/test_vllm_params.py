@@ -3,6 +3,7 @@ without vLLM: these modules never import it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace as NS
 
@@ -11,6 +12,10 @@ import pytest
 from lasa_steer import SteeringConfigError, SteeringVector
 from lasa_steer.engines.vllm import external_id, xargs
 from lasa_steer.engines.vllm.checks import problems
+from lasa_steer.engines.vllm.config import (CONFIG_KEY, LOGITS_PROCESSOR, SLOTS_VERSION,
+                                            WORKER_EXTENSION, LoadInstall, config_entry,
+                                            has_logits_processor, load_install, parse_entry,
+                                            server_args, wants_slots)
 from lasa_steer.engines.vllm.params import Defaults, parse, resolve, resolve_names
 from lasa_steer.steering.openers import Openers
 
@@ -74,7 +79,8 @@ def _config(**changes):
                 cache_config=NS(enable_prefix_caching=False),
                 parallel_config=NS(pipeline_parallel_size=1, tensor_parallel_size=2),
                 speculative_config=None, use_v2_model_runner=False,
-                additional_config={"lasa_steer": 1})
+                additional_config={"lasa_steer": 1},
+                model_config=NS(logits_processors=[LOGITS_PROCESSOR]))
     return NS(**{**base, **changes})
 
 
@@ -92,11 +98,70 @@ def test_engine_configs_that_cannot_be_exact_are_refused():
         "pipeline_parallel_size=2": _config(parallel_config=NS(pipeline_parallel_size=2)),
         "speculative": _config(speculative_config=NS()),
         "V2 model runner": _config(use_v2_model_runner=True),
+        "logits processor": _config(model_config=NS(logits_processors=None)),
     }
     for needle, cfg in cases.items():
         found = problems(cfg, "0.32.0")
         assert len(found) == 1 and needle in found[0], (needle, found)
     assert "not a tested release" in problems(_config(), "0.33.1")[0]
+
+
+def test_the_logits_processor_is_found_by_name_or_class():
+    class Mine:  # the class vLLM was given, or a subclass of it: matched by qualified name
+        pass
+
+    Mine.__module__, Mine.__qualname__ = LOGITS_PROCESSOR.split(":")
+
+    class Sub(Mine):
+        pass
+
+    found = [has_logits_processor(NS(model_config=NS(logits_processors=procs)))
+             for procs in ([LOGITS_PROCESSOR], [Mine], [Sub], ["x.y:Z"], [], None,
+                           ["lasa_steer.engines.vllm.logits.LasaLogitsProcessor"])]
+    assert found == [True, True, True, False, False, False, False]
+
+
+def test_additional_config_entry(tmp_path):
+    vec = tmp_path / "v.safetensors"
+    assert config_entry() == SLOTS_VERSION  # slots only; vectors come from install()
+    entry = config_entry({"a": vec}, default_vector="a", default_strength=2)
+    assert entry == {"vectors": {"a": str(vec.resolve())}, "default_vector": "a",
+                     "default_mode": "gate", "default_strength": 2, "slots": SLOTS_VERSION}
+    got = load_install(NS(additional_config={CONFIG_KEY: entry}))
+    assert got == LoadInstall({"a": str(vec.resolve())}, Defaults("a", "gate", None, 2.0))
+    assert load_install(NS(additional_config={CONFIG_KEY: 1})) is None
+    assert load_install(NS(additional_config=None)) is None
+    assert wants_slots(NS(additional_config={CONFIG_KEY: entry}))
+    assert not wants_slots(NS(additional_config={}))
+    bad = {
+        "unknown key": {"vectors": {"a": "p"}, "colour": 1},
+        "non-empty object": {"vectors": []},
+        "must match": {"vectors": {"a b": "p"}},
+        "a file path": {"vectors": {"a": 3}},
+        "default_vector='b'": {"vectors": {"a": "p"}, "default_vector": "b"},
+        "default_mode": {"vectors": {"a": "p"}, "default_mode": "sometimes"},
+        "default_action": {"vectors": {"a": "p"}, "default_action": "shout"},
+        "finite number": {"vectors": {"a": "p"}, "default_strength": float("nan")},
+        "true or false": {"vectors": {"a": "p"}, "allow_mismatch": "yes"},
+    }
+    for needle, value in bad.items():
+        with pytest.raises(SteeringConfigError, match=needle):
+            parse_entry(value)
+    with pytest.raises(SteeringConfigError, match="default_vector needs vectors"):
+        config_entry(default_vector="a")
+
+
+def test_server_args(tmp_path):
+    vec = tmp_path / "v.safetensors"
+    args = server_args({"smollm2": vec}, default_vector="smollm2", max_model_len=2048)
+    flag = dict(zip(args[::2], args[1::2]))  # the two --no-enable-* flags take no value
+    assert json.loads(args[1]) == {CONFIG_KEY: config_entry({"smollm2": vec},
+                                                            default_vector="smollm2")}
+    assert " " not in args[1]  # one shell word even unquoted
+    assert flag["--logits-processors"] == LOGITS_PROCESSOR
+    assert flag["--worker-extension-cls"] == WORKER_EXTENSION
+    assert {"--no-enable-chunked-prefill", "--no-enable-prefix-caching"} <= set(args)
+    assert args[-4:] == ["--max-model-len", "2048", "--max-num-batched-tokens", "2048"]
 
 
 def test_external_request_ids():

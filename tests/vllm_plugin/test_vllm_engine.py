@@ -132,7 +132,8 @@ def test_the_running_engine_config_passes_and_others_are_refused(llm):
         base = dict(compilation_config=vc.compilation_config,
                     scheduler_config=vc.scheduler_config, cache_config=vc.cache_config,
                     parallel_config=vc.parallel_config, speculative_config=None,
-                    use_v2_model_runner=False, additional_config=vc.additional_config)
+                    use_v2_model_runner=False, additional_config=vc.additional_config,
+                    model_config=vc.model_config)
         return NS(**{**base, **changes})
 
     assert problems(cfg(compilation_config=NS(mode=2, cudagraph_mode="NONE")),
@@ -141,6 +142,8 @@ def test_the_running_engine_config_passes_and_others_are_refused(llm):
                                                                cudagraph_mode="PIECEWISE")),
                                      vllm.__version__)[0]
     assert "steering slots" in problems(cfg(additional_config={}), vllm.__version__)[0]
+    assert "logits processor" in problems(cfg(model_config=NS(logits_processors=None)),
+                                          vllm.__version__)[0]
     assert "chunked prefill" in problems(cfg(scheduler_config=NS(enable_chunked_prefill=True)),
                                          vllm.__version__)[0]
     assert "prefix caching" in problems(cfg(cache_config=NS(enable_prefix_caching=True)),

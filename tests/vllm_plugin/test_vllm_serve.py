@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +21,7 @@ httpx = pytest.importorskip("httpx")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest_server import LiveServer, free_port  # noqa: E402
+from server_process import running, server_env  # noqa: E402
 
 from lasa_steer import SteeringVector, load_model  # noqa: E402
 from lasa_steer.prompts import format_prompt  # noqa: E402
@@ -82,43 +79,14 @@ def vllm_server(folder, tmp_path_factory):
     """``lasa serve --engine vllm`` on a free port; its log; stopped with SIGINT."""
     port = free_port()
     log = tmp_path_factory.mktemp("log") / "serve.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1")
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # set for the in-process LLM tests
     cmd = [str(Path(sys.executable).parent / "lasa"), "serve", "--engine", "vllm",
            "--model", MODEL, "--vectors", str(folder), "--port", str(port),
            "--max-model-len", str(CTX), "--max-batch", "16", "--max-batch-tokens", str(CTX),
            "--admin-key", ADMIN]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 900
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"lasa serve --engine vllm exited {proc.returncode}:\n"
-                                   + log.read_text()[-4000:])
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("lasa serve --engine vllm did not start:\n"
-                                   + log.read_text()[-4000:])
-            time.sleep(1)
+    with running(cmd, port, log, server_env()) as base:
         yield {"base": base, "log": log,
                "client": openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0,
                                        timeout=600)}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from importlib.metadata import entry_points
 from .. import __version__
 from ..errors import LasaError
 
-COMMANDS = ("calibrate", "eval", "export_gguf", "fit", "import_gguf", "info", "layers")
+COMMANDS = ("calibrate", "eval", "export_gguf", "fit", "import_gguf", "info", "layers",
+            "vllm_args")
 
 
 def build_parser() -> argparse.ArgumentParser:

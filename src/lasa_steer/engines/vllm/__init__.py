@@ -13,6 +13,10 @@ Usage (see docs/vllm.md)::
     out = llm.generate(prompts, params)
     lasa_vllm.report(llm, [o.request_id for o in out])   # gate score, fired, language
 
+or, installed by every worker as its model loads, ``LLM(model=folder,
+**lasa_vllm.engine_kwargs({"smollm2": path}, default_vector="smollm2"))``; a plain vLLM
+server takes the same through its flags (:func:`server_args`, ``lasa vllm-args``).
+
 Every decoder layer gets a steering slot when vLLM loads the model, before it compiles it
 (:mod:`.slots`, through the ``vllm.general_plugins`` entry point :mod:`.plugin`); each
 worker holds the vector files and runs the slots' work (:mod:`.hooks`); a request's
@@ -24,26 +28,32 @@ maths as the HF engine. Configurations that cannot be exact are refused at insta
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 from .checks import ENGINE_KWARGS, SUPPORTED_VLLM
+from .config import CONFIG_KEY, LOGITS_PROCESSOR, WORKER_EXTENSION, config_entry, server_args
 from .params import Defaults, check_choice_default, xargs
 
-WORKER_EXTENSION = "lasa_steer.engines.vllm.worker.LasaWorkerExtension"
-LOGITS_PROCESSOR = "lasa_steer.engines.vllm.logits.LasaLogitsProcessor"
-
 __all__ = ["ENGINE_KWARGS", "LOGITS_PROCESSOR", "SUPPORTED_VLLM", "WORKER_EXTENSION",
-           "engine_kwargs", "external_id", "install", "report", "xargs"]
+           "engine_kwargs", "external_id", "install", "report", "server_args", "xargs"]
 
 
-def engine_kwargs(**overrides: Any) -> dict[str, Any]:
-    """``vllm.LLM`` keyword arguments the plugin needs (the steering slots' key in
+def engine_kwargs(vectors: Mapping[str, str | Path] | None = None, *,
+                  default_vector: str | None = None, default_mode: str = "gate",
+                  default_action: str | None = None, default_strength: float | None = None,
+                  **overrides: Any) -> dict[str, Any]:
+    """``vllm.LLM`` / ``AsyncEngineArgs`` keyword arguments the plugin needs (its entry in
     ``additional_config``, no chunked prefill, no prefix caching, the worker extension and
-    the request validator), plus ``overrides`` (an ``additional_config`` dict is merged).
-    vLLM's default compilation stays on; ``enforce_eager=True`` works too."""
+    the logits processor), plus ``overrides`` (an ``additional_config`` dict is merged).
+    With ``vectors`` (name -> file) every worker installs them when its model loads, with
+    the ``default_*`` settings, so no :func:`install` call is needed. vLLM's default
+    compilation stays on; ``enforce_eager=True`` works too."""
     from .logits import LasaLogitsProcessor
 
     extra = dict(ENGINE_KWARGS["additional_config"])
+    extra[CONFIG_KEY] = config_entry(vectors, default_vector, default_mode, default_action,
+                                     default_strength)
     extra.update(overrides.pop("additional_config", None) or {})
     out: dict[str, Any] = dict(ENGINE_KWARGS, worker_extension_cls=WORKER_EXTENSION,
                                logits_processors=[LasaLogitsProcessor],
@@ -68,8 +78,7 @@ def install(llm: Any, vectors: dict[str, str], default_vector: str | None = None
                                                    allow_mismatch))
     from .logits import LasaLogitsProcessor
 
-    LasaLogitsProcessor.names = frozenset(paths)
-    LasaLogitsProcessor.defaults = defaults
+    LasaLogitsProcessor.configure(frozenset(paths), defaults)
     return list(out)
 
 

@@ -4,6 +4,10 @@ cannot give the HF engine's results exactly.
 * an engine built without the slots (``additional_config`` lacks ``lasa_steer``): vLLM
   compiles the model at start, so steering must be in the graph from the model's load
   (:mod:`.slots`). Build the engine with :func:`~lasa_steer.engines.vllm.engine_kwargs`.
+* an engine without the plugin's logits processor: requests with bad ``lasa_*`` keys would
+  run unsteered instead of being refused at admission, and ``prefix``/``refuse`` could not
+  force their openers. ``engine_kwargs`` adds it; a plain server needs
+  ``--logits-processors lasa_steer.engines.vllm.logits:LasaLogitsProcessor``.
 * CUDA graphs (``cudagraph_mode`` other than ``NONE``): a captured graph replays the
   kernels the slots launched while it was captured, without calling the slots again, so
   steering would be frozen. Untested; refused. torch.compile without CUDA graphs is fine
@@ -27,7 +31,8 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import SteeringConfigError
-from .plugin import CONFIG_KEY, SLOTS_VERSION, wants_slots
+from .config import CONFIG_KEY, LOGITS_PROCESSOR, SLOTS_VERSION, has_logits_processor, \
+    wants_slots
 
 SUPPORTED_VLLM = ("0.32.",)  # release lines whose model runner the plugin is tested on
 
@@ -51,6 +56,11 @@ def problems(vllm_config: Any, version: str) -> list[str]:
                    f"has no {CONFIG_KEY!r}): vLLM compiles the model at start, so steering "
                    "must be in it from the load; build it with lasa_vllm.engine_kwargs() "
                    f"(--additional-config '{{\"{CONFIG_KEY}\": {SLOTS_VERSION}}}')")
+    if not has_logits_processor(vllm_config):
+        out.append("the plugin's logits processor is not loaded (it refuses bad lasa_* "
+                   "settings at admission and forces the prefix/refuse openers); build the "
+                   "engine with lasa_vllm.engine_kwargs() (--logits-processors "
+                   f"{LOGITS_PROCESSOR})")
     cudagraph = str(getattr(vllm_config.compilation_config, "cudagraph_mode", "NONE"))
     if not (cudagraph.endswith("NONE") or cudagraph == "None"):
         out.append(f"CUDA graphs are on (cudagraph_mode {cudagraph}): a replayed graph would "

@@ -18,26 +18,42 @@ from typing import Any, ClassVar
 
 import torch
 
+from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import LogitsProcessor
 
+from ...errors import SteeringConfigError
 from ...steering.openers import force
 from .hooks import ACTIVE
-from .params import Defaults, parse, resolve_names
+from .params import PREFIX, Defaults, parse, resolve_names
 
 
 class LasaLogitsProcessor(LogitsProcessor):
     """Validates ``SamplingParams.extra_args``; forces the openers of fired requests.
-    :func:`~lasa_steer.engines.vllm.install` tells it the loaded vector names and defaults
-    (in the process that admits requests)."""
+    :func:`~lasa_steer.engines.vllm.install`, or the general plugin for an engine whose
+    ``additional_config`` names vectors, tells it the loaded vector names and defaults (in
+    the process that admits requests)."""
 
     names: ClassVar[frozenset[str] | None] = None  # None: names are checked in the worker
     defaults: ClassVar[Defaults] = Defaults()
 
     @classmethod
+    def configure(cls, names: frozenset[str], defaults: Defaults) -> None:
+        """The vector names loaded in the workers and the request defaults (this process)."""
+        cls.names, cls.defaults = names, defaults
+
+    @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
-        settings = parse(getattr(sampling_params, "extra_args", None))
-        if cls.names is not None:
-            resolve_names(settings, cls.names, cls.defaults)
+        """Raise ``VLLMValidationError`` (an HTTP 400 whose ``param`` is
+        ``vllm_xargs.<key>``) for settings the workers would refuse."""
+        try:
+            settings = parse(getattr(sampling_params, "extra_args", None))
+            if cls.names is not None:
+                resolve_names(settings, cls.names, cls.defaults)
+        except SteeringConfigError as exc:
+            msg = str(exc)
+            key = msg.split("=", 1)[0] if msg.startswith(PREFIX) and "=" in msg else None
+            raise VLLMValidationError(msg, parameter="vllm_xargs" + (f".{key}" if key else "")
+                                      ) from exc
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         pass

@@ -1,46 +1,100 @@
 """The ``vllm.general_plugins`` entry point (pyproject: ``lasa_steer``): steering slots at
-model load.
+model load, and the install a plain ``vllm serve`` needs.
 
-vLLM runs general plugins in every process before it builds a model. :func:`register`
-wraps the model loader so that a model built for an engine whose ``additional_config``
-holds :data:`CONFIG_KEY` (what :func:`lasa_steer.engines.vllm.engine_kwargs` sets) gets its
-steering slots (:func:`.slots.add_slots`) right after its weights load, before vLLM
-compiles it. Engines without the key load untouched. The key is also part of vLLM's
-compile-cache hash (``VllmConfig.compute_hash`` hashes ``additional_config``), so a graph
-compiled without slots is never reused for an engine that needs them, or the reverse.
+vLLM runs general plugins in every process (the one that admits requests, engine cores,
+workers) before it builds anything. :func:`register` wraps three vLLM functions, each only
+acting for an engine whose ``additional_config`` holds :data:`~.config.CONFIG_KEY`
+(what :func:`lasa_steer.engines.vllm.engine_kwargs` and :func:`.config.server_args` set);
+engines without it run untouched:
+
+* the model loader: the model gets its steering slots (:func:`.slots.add_slots`) right after
+  its weights load, before vLLM compiles it;
+* a worker's ``load_model`` (as the executor calls it, through ``WorkerWrapperBase``): when
+  the entry names vector files (:mod:`.config`), the worker installs them
+  (:func:`.worker.install_on`) right after its model loads, before vLLM compiles and warms
+  it up; a file that does not fit the model stops the engine's start with the error naming
+  the field;
+* the input processor: the process that admits requests learns the vector names and the
+  defaults, so the logits processor's ``validate_params`` refuses a request naming a
+  vector that is not loaded (an HTTP 400 from vLLM's OpenAI server).
+
+The entry is also part of vLLM's compile-cache hash (``VllmConfig.compute_hash`` hashes
+``additional_config``), so a graph compiled without slots is never reused for an engine
+that needs them, or the reverse.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
-CONFIG_KEY = "lasa_steer"
-SLOTS_VERSION = 1  # bump when the slots' graph changes
+from .config import CONFIG_KEY, SLOTS_VERSION, load_install, wants_slots
 
-
-def wants_slots(vllm_config: Any) -> bool:
-    extra = getattr(vllm_config, "additional_config", None)
-    return isinstance(extra, dict) and bool(extra.get(CONFIG_KEY))
+__all__ = ["CONFIG_KEY", "SLOTS_VERSION", "register", "wants_slots"]
 
 
-def register() -> None:
-    """Wrap ``BaseModelLoader.load_model`` once per process (vLLM calls this on start)."""
-    from vllm.model_executor.model_loader.base_loader import BaseModelLoader
-
-    original = BaseModelLoader.load_model
-    if getattr(original, "_lasa_slots", False):
+def _wrap(owner: type, name: str, after: Callable[..., None]) -> None:
+    """Make ``owner.name`` call ``after(self, result, *args, **kwargs)`` once the original
+    returns; idempotent per process."""
+    original = getattr(owner, name)
+    if getattr(original, "_lasa_wrapped", False):
         return
 
     @functools.wraps(original)
-    def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
-        model = original(self, *args, **kwargs)
-        vllm_config = kwargs.get("vllm_config", args[0] if args else None)
-        if wants_slots(vllm_config):
-            from .slots import add_slots
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        after(self, result, *args, **kwargs)
+        return result
 
-            add_slots(model)
-        return model
+    wrapped._lasa_wrapped = True  # type: ignore[attr-defined]
+    setattr(owner, name, wrapped)
 
-    load_model._lasa_slots = True  # type: ignore[attr-defined]
-    BaseModelLoader.load_model = load_model  # type: ignore[method-assign]
+
+def _slots_after_load(loader: Any, model: Any, *args: Any, **kwargs: Any) -> None:
+    vllm_config = kwargs.get("vllm_config", args[0] if args else None)
+    if wants_slots(vllm_config):
+        from .slots import add_slots
+
+        add_slots(model)
+
+
+def _install_after_worker_load(wrapper: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+    """After a worker's ``load_model`` (called through its ``WorkerWrapperBase``): if the
+    entry names vectors, the worker installs them."""
+    install = load_install(wrapper.vllm_config)
+    if install is None:
+        return
+    from .worker import install_on
+
+    install_on(wrapper.worker, install.vectors, install.defaults, install.allow_mismatch)
+
+
+def _delegate_load_model(wrapper: Any, *args: Any, **kwargs: Any) -> Any:
+    """``WorkerWrapperBase`` hands unknown attributes to its worker (``__getattr__``); this
+    makes ``load_model`` a method of its own, so it can be wrapped."""
+    return wrapper.worker.load_model(*args, **kwargs)
+
+
+def _validator_after_init(processor: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+    """After ``InputProcessor.__init__``: the admitting process learns the vector names."""
+    install = load_install(processor.vllm_config)
+    if install is None:
+        return
+    from .logits import LasaLogitsProcessor
+
+    LasaLogitsProcessor.configure(frozenset(install.vectors), install.defaults)
+
+
+def register() -> None:
+    """vLLM calls this in every process on start."""
+    from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+    from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.worker.worker_base import WorkerWrapperBase
+
+    _wrap(BaseModelLoader, "load_model", _slots_after_load)
+    if "load_model" not in vars(WorkerWrapperBase):
+        # in a spawned worker process vLLM loads the plugins inside init_worker, so the
+        # wrapper's load_model (called later by the executor) is the place that always runs
+        WorkerWrapperBase.load_model = _delegate_load_model  # type: ignore[attr-defined]
+    _wrap(WorkerWrapperBase, "load_model", _install_after_worker_load)
+    _wrap(InputProcessor, "__init__", _validator_after_init)

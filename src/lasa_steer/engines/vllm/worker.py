@@ -1,14 +1,16 @@
-"""The worker extension: ``vllm.LLM(..., worker_extension_cls=WORKER_EXTENSION)`` mixes it
-into every worker; :func:`lasa_steer.engines.vllm.install` then calls
-:meth:`LasaWorkerExtension.lasa_install` on every worker through ``collective_rpc``, which
-loads the vector files there, checks them against the loaded model and points the model's
-steering slots (added at load, :mod:`.slots`) at them.
+"""Installing vector files in a vLLM worker (:func:`install_on`): load them, check them
+against the loaded model and point the model's steering slots (added at load, :mod:`.slots`)
+at them. Two callers: the worker extension (``vllm.LLM(..., worker_extension_cls=
+WORKER_EXTENSION)`` mixes it into every worker; :func:`lasa_steer.engines.vllm.install`
+calls :meth:`LasaWorkerExtension.lasa_install` through ``collective_rpc``), and the general
+plugin at model load when the engine's ``additional_config`` names vectors (:mod:`.config`,
+a plain ``vllm serve``).
 Every rank of a tensor-parallel group loads the same files and makes the same decisions.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from ...errors import SteeringConfigError, VectorMismatchError
 from ...model.identity import ModelIdentity, config_fingerprint
@@ -21,54 +23,65 @@ from .params import Defaults, check_choice_default
 from .slots import has_slots
 
 
+def install_on(worker: Any, vectors: Mapping[str, str], defaults: Defaults = Defaults(),
+               allow_mismatch: bool = False) -> dict[str, Any]:
+    """Load ``vectors`` (name -> vector file path) in ``worker`` (a vLLM worker whose model
+    is loaded) and point the model's steering slots at them, replacing an earlier install.
+    Raises :class:`~lasa_steer.SteeringConfigError` for an engine configuration that cannot
+    be exact, and the vector file errors for unfit files (the old install then stays)."""
+    import vllm
+
+    check(worker.vllm_config, vllm.__version__)
+    check_choice_default(defaults, vectors)
+    runner = worker.model_runner
+    model = runner.get_model()
+    if not has_slots(model):
+        raise SteeringConfigError(
+            "lasa: the served model has no steering slots although the engine asked for "
+            "them: vLLM did not load the lasa_steer general plugin (install the package "
+            "with pip so its vllm.general_plugins entry point exists)")
+    layer_map = find_layers(model)
+    ident = ModelIdentity(layer_map.architecture, layer_map.architecture,
+                          layer_map.hidden_size, layer_map.num_layers,
+                          config_fingerprint(model), [])
+    loaded: dict[str, SteeringVector] = {}
+    for name, path in vectors.items():
+        vec = SteeringVector.load(path)
+        _check_fits(vec, ident, allow_mismatch)
+        loaded[name] = vec
+    openers = _openers(worker.vllm_config.model_config)
+    remove_from(worker)
+    worker._lasa_steering = VllmSteering(model, runner, loaded, defaults, layer_map, openers)
+    ACTIVE.append(worker._lasa_steering)
+    return {"vectors": sorted(loaded),
+            "points": {n: sorted(vector_points(v)) for n, v in loaded.items()}}
+
+
+def remove_from(worker: Any) -> None:
+    """Remove ``worker``'s install (requests in flight stop being steered)."""
+    steering = getattr(worker, "_lasa_steering", None)
+    if steering is not None:
+        steering.remove()
+        if steering in ACTIVE:
+            ACTIVE.remove(steering)
+    setattr(worker, "_lasa_steering", None)
+
+
 class LasaWorkerExtension:
-    """Methods added to vLLM's worker class (names start with ``lasa_``)."""
+    """Methods added to vLLM's worker class (names start with ``lasa_``), reached through
+    ``collective_rpc`` (``vllm.LLM``, or a plain server's dev-mode ``/collective_rpc``)."""
 
     def lasa_install(self, vectors: dict[str, str], default_vector: str | None = None,
                      default_mode: str = "gate", default_action: str | None = None,
                      default_strength: float | None = None,
                      allow_mismatch: bool = False) -> dict[str, Any]:
-        """Load ``vectors`` (name -> vector file path) and install the hooks; replaces an
-        earlier install. Raises :class:`~lasa_steer.SteeringConfigError` for an engine
-        configuration that cannot be exact, and the vector file errors for unfit files."""
-        import vllm
-
-        worker: Any = self
-        check(worker.vllm_config, vllm.__version__)
+        """:func:`install_on` this worker."""
         defaults = Defaults(default_vector, default_mode, default_action, default_strength)
-        check_choice_default(defaults, vectors)
-        runner = worker.model_runner
-        model = runner.get_model()
-        if not has_slots(model):
-            raise SteeringConfigError(
-                "lasa: the served model has no steering slots although the engine asked for "
-                "them: vLLM did not load the lasa_steer general plugin (install the package "
-                "with pip so its vllm.general_plugins entry point exists)")
-        layer_map = find_layers(model)
-        ident = ModelIdentity(layer_map.architecture, layer_map.architecture,
-                              layer_map.hidden_size, layer_map.num_layers,
-                              config_fingerprint(model), [])
-        loaded: dict[str, SteeringVector] = {}
-        for name, path in vectors.items():
-            vec = SteeringVector.load(path)
-            _check_fits(vec, ident, allow_mismatch)
-            loaded[name] = vec
-        openers = _openers(worker.vllm_config.model_config)
-        self.lasa_remove()
-        worker._lasa_steering = VllmSteering(model, runner, loaded, defaults, layer_map,
-                                             openers)
-        ACTIVE.append(worker._lasa_steering)
-        return {"vectors": sorted(loaded),
-                "points": {n: sorted(vector_points(v)) for n, v in loaded.items()}}
+        return install_on(self, vectors, defaults, allow_mismatch)
 
     def lasa_remove(self) -> None:
         """Remove the hooks (requests in flight stop being steered)."""
-        steering = getattr(self, "_lasa_steering", None)
-        if steering is not None:
-            steering.remove()
-            if steering in ACTIVE:
-                ACTIVE.remove(steering)
-        setattr(self, "_lasa_steering", None)
+        remove_from(self)
 
     def lasa_stats(self) -> dict[str, int]:
         """Counters: passes with steering work, and passes that read a gate while other
