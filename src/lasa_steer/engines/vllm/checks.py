@@ -23,7 +23,8 @@ cannot give the HF engine's results exactly.
 * vLLM releases other than the tested line: the model runner's fields are private.
 
 Tensor parallelism is allowed: decoder-layer outputs are full (all-reduced) on every rank,
-so every rank reads the same gate state and makes the same decision without communication.
+so every rank reads the same gate state and makes the same decision without communication
+(tested with two CPU ranks: ``tests/vllm_plugin/test_vllm_plain_server.py``).
 """
 
 from __future__ import annotations
