@@ -55,8 +55,9 @@ def problems(vllm_config: Any, version: str) -> list[str]:
     if not wants_slots(vllm_config):
         out.append(f"the engine was built without lasa's steering slots (additional_config "
                    f"has no {CONFIG_KEY!r}): vLLM compiles the model at start, so steering "
-                   "must be in it from the load; build it with lasa_vllm.engine_kwargs() "
-                   f"(--additional-config '{{\"{CONFIG_KEY}\": {SLOTS_VERSION}}}')")
+                   "must be in it from the load; build it with lasa_vllm.engine_kwargs(), or "
+                   "start a plain vLLM server with the flags `lasa vllm-args` prints "
+                   f"(--additional-config '{{\"{CONFIG_KEY}\": {SLOTS_VERSION}}}' at least)")
     if not has_logits_processor(vllm_config):
         out.append("the plugin's logits processor is not loaded (it refuses bad lasa_* "
                    "settings at admission and forces the prefix/refuse openers); build the "
