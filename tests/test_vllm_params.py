@@ -53,15 +53,18 @@ def test_xargs_round_trip_and_defaults(vectors):
     ({"lasa_stength": 1}, "unknown steering key"),
 ])
 def test_bad_settings_name_the_key(bad, needle):
-    with pytest.raises(SteeringConfigError, match=needle):
+    with pytest.raises(SteeringConfigError, match=needle) as err:
         parse(bad)
+    # the key as a field (vLLM's 400 says param vllm_xargs.<field>); none for unknown keys
+    assert err.value.field == (needle if needle.startswith("lasa_") else None)
 
 
 def test_resolution_errors_name_the_setting(vectors):
     with pytest.raises(SteeringConfigError, match="no such vector"):
         resolve(parse(xargs(vector="nope")), vectors, Defaults())
-    with pytest.raises(SteeringConfigError, match="no such vector"):
+    with pytest.raises(SteeringConfigError, match="no such vector") as err:
         resolve_names(parse(xargs(vector="nope")), frozenset(vectors), Defaults())
+    assert err.value.field == "lasa_vector"
     # the shipped file's own action is 'refuse': it needs the served tokenizer's openers
     with pytest.raises(SteeringConfigError, match="tokenizer"):
         resolve(parse(xargs(vector="smollm2")), vectors, Defaults())

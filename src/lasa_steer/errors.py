@@ -32,7 +32,12 @@ class VectorMismatchError(LasaError):
 
 
 class SteeringConfigError(LasaError, ValueError):
-    """An argument of :func:`lasa_steer.steer` (or a per-row setting) is invalid."""
+    """An argument of :func:`lasa_steer.steer` (or a per-row setting) is invalid; ``field``
+    names the setting at fault when the raiser knows it (e.g. ``lasa_mode``)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class DataError(LasaError):

@@ -27,7 +27,7 @@ def default_strength(vector: SteeringVector, action: str) -> float:
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     """Raise :class:`SteeringConfigError` naming ``name`` unless ``value`` is a choice."""
     if value not in choices:
-        raise SteeringConfigError(f"{name}={value!r}: must be one of {choices}")
+        raise SteeringConfigError(f"{name}={value!r}: must be one of {choices}", field=name)
 
 
 @dataclass(frozen=True)

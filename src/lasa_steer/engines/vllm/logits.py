@@ -24,7 +24,7 @@ from vllm.v1.sample.logits_processor import LogitsProcessor
 from ...errors import SteeringConfigError
 from ...steering.openers import force
 from .hooks import ACTIVE
-from .params import PREFIX, Defaults, parse, resolve_names
+from .params import Defaults, parse, resolve_names
 
 
 class LasaLogitsProcessor(LogitsProcessor):
@@ -50,10 +50,8 @@ class LasaLogitsProcessor(LogitsProcessor):
             if cls.names is not None:
                 resolve_names(settings, cls.names, cls.defaults)
         except SteeringConfigError as exc:
-            msg = str(exc)
-            key = msg.split("=", 1)[0] if msg.startswith(PREFIX) and "=" in msg else None
-            raise VLLMValidationError(msg, parameter="vllm_xargs" + (f".{key}" if key else "")
-                                      ) from exc
+            raise VLLMValidationError(str(exc), parameter="vllm_xargs" + (
+                f".{exc.field}" if exc.field else "")) from exc
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         pass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from ...errors import SteeringConfigError
 from ...steering.rows import RequestDefaults, RowSteering, check_choice
@@ -63,7 +63,8 @@ def parse(extra_args: Mapping[str, Any] | None) -> RequestSettings:
     for key in ("vector", "direction"):
         v = args.get(key)
         if v is not None and (not isinstance(v, str) or not NAME_RE.match(v) or len(v) > 128):
-            raise SteeringConfigError(f"{PREFIX}{key}={v!r}: a name matching {NAME_RE.pattern}")
+            raise SteeringConfigError(f"{PREFIX}{key}={v!r}: a name matching {NAME_RE.pattern}",
+                                      field=PREFIX + key)
     if args.get("mode") is not None:
         check_choice(PREFIX + "mode", args["mode"], MODES)
     action = args.get("action")
@@ -74,7 +75,8 @@ def parse(extra_args: Mapping[str, Any] | None) -> RequestSettings:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) \
                 or not math.isfinite(float(strength)) or abs(float(strength)) > 1000:
             raise SteeringConfigError(
-                f"{PREFIX}strength={strength!r}: a finite number in [-1000, 1000]")
+                f"{PREFIX}strength={strength!r}: a finite number in [-1000, 1000]",
+                field=PREFIX + "strength")
         strength = float(strength)
     return RequestSettings(args.get("vector"), args.get("mode"), action, strength,
                            args.get("direction"))
@@ -85,11 +87,8 @@ def resolve(s: RequestSettings, vectors: Mapping[str, SteeringVector],
     """The request's :class:`RowSteering` (:class:`RequestDefaults`' rule, as for
     ``lasa serve``'s ``steering`` field); raise :class:`SteeringConfigError` naming the
     setting."""
-    name = defaults.vector_name(s.vector, s.mode)
-    vector = vectors.get(name) if name else None
-    if name is not None and vector is None:
-        raise SteeringConfigError(f"{PREFIX}vector={name!r}: no such vector; loaded: "
-                                  f"{sorted(vectors)}")
+    name = resolve_names(s, vectors, defaults)
+    vector = vectors[name] if name is not None else None
     return defaults.row(vector, s.mode, s.action, s.strength, s.direction, openers)
 
 
@@ -103,10 +102,12 @@ def check_choice_default(defaults: Defaults, vectors: Mapping[str, Any]) -> None
         check_choice("default_action", defaults.action, ACTIONS)
 
 
-def resolve_names(s: RequestSettings, names: frozenset[str], defaults: Defaults) -> None:
-    """The vector a request resolves to is loaded (the part of :func:`resolve` that needs
-    no vector file)."""
+def resolve_names(s: RequestSettings, names: Collection[str], defaults: Defaults
+                  ) -> str | None:
+    """The name of the vector a request resolves to (None: unsteered), checked to be among
+    ``names`` (the part of :func:`resolve` that needs no vector file)."""
     name = defaults.vector_name(s.vector, s.mode)
     if name is not None and name not in names:
         raise SteeringConfigError(f"{PREFIX}vector={name!r}: no such vector; loaded: "
-                                  f"{sorted(names)}")
+                                  f"{sorted(names)}", field=PREFIX + "vector")
+    return name
