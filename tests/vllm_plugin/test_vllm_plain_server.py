@@ -67,16 +67,16 @@ def plain(tmp_path_factory):
                                   timeout=600), log
 
 
-def _complete(client, k: int, ids: list[int], steering: dict):
-    extra = {"request_id": f"case{k}", "return_token_ids": True}
+def _complete(client, request_id: str, ids: list[int], steering: dict, vector: str,
+              max_tokens: int) -> list[int]:
+    """A greedy token-id completion with ``steering`` as ``vllm_xargs``; its tokens. The
+    plugin reports it as ``cmpl-<request_id>-0`` (vLLM's internal id, suffix stripped)."""
+    extra = {"request_id": request_id, "return_token_ids": True}
     if steering:
-        extra["vllm_xargs"] = lasa_vllm.xargs(**dict(steering, vector="smollm2"))
-    out = client.completions.create(model="smol", prompt=ids, max_tokens=NEW, temperature=0,
-                                    extra_body=extra)
-    token_ids = out.choices[0].model_extra["token_ids"]
-    # the plugin reports vLLM's internal ids: "cmpl-<request_id>-<choice>" + a suffix
-    return SimpleNamespace(request_id=f"cmpl-case{k}-0",
-                           outputs=[SimpleNamespace(token_ids=token_ids)])
+        extra["vllm_xargs"] = lasa_vllm.xargs(**dict(steering, vector=vector))
+    out = client.completions.create(model="smol", prompt=ids, max_tokens=max_tokens,
+                                    temperature=0, extra_body=extra)
+    return out.choices[0].model_extra["token_ids"]
 
 
 def _report(base: str) -> list[dict[str, dict]]:
@@ -91,8 +91,11 @@ def _mixed_batch(base: str, client, hf, hf_mixed) -> None:
     """The mixed batch, sent concurrently, against the HF engine."""
     model, ids = hf
     with cf.ThreadPoolExecutor(len(MIXED)) as pool:
-        outs = list(pool.map(lambda case: _complete(client, case[0], ids[case[1][0]],
-                                                     case[1][1]), enumerate(MIXED)))
+        got = list(pool.map(lambda case: _complete(client, f"case{case[0]}", ids[case[1][0]],
+                                                    case[1][1], "smollm2", NEW),
+                            enumerate(MIXED)))
+    outs = [SimpleNamespace(request_id=f"cmpl-case{k}-0",  # what the shared checks read
+                            outputs=[SimpleNamespace(token_ids=t)]) for k, t in enumerate(got)]
     report, = _report(base)
     vanilla = [eos_trimmed(model, hf_greedy(model, ids[i])[0]) for i, _ in MIXED]
     check_unsteered(outs, report, vanilla)
@@ -159,18 +162,9 @@ def _tiny_folder(path: Path) -> Path:
 
 
 def _hf_run(model, vector: Path, ids: list[int], steering: dict):
-    """The HF engine's greedy tokens (to the first end of sequence) and gate results."""
-    import torch
-
-    from lasa_steer import steer
-
-    x = torch.tensor([ids])
-    kwargs = dict(attention_mask=torch.ones_like(x), max_new_tokens=TP_NEW, do_sample=False)
-    if not steering:
-        return eos_trimmed(model, model.generate(x, **kwargs)[0, len(ids):].tolist()), None
-    with steer(model, vector, **steering) as handle:
-        out = model.generate(x, **kwargs)[0, len(ids):].tolist()
-        return eos_trimmed(model, out), (float(handle.scores[0]), bool(handle.fired[0]))
+    """The HF engine's greedy tokens (to the first end of sequence) and ``(score, fired)``."""
+    out, gate = hf_greedy(model, ids, vector=vector, new=TP_NEW, **steering)
+    return eos_trimmed(model, out), None if gate is None else gate[:2]
 
 
 def test_plain_server_tensor_parallel(tmp_path):
@@ -216,18 +210,10 @@ def test_plain_server_tensor_parallel(tmp_path):
         client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0,
                                timeout=600)
 
-        def send(k: int) -> list[int]:
-            i, steering = cases[k]
-            extra = {"request_id": f"tp{k}", "return_token_ids": True}
-            if steering:
-                extra["vllm_xargs"] = lasa_vllm.xargs(vector="tiny", **steering)
-            out = client.completions.create(model="smol", prompt=prompts[i],
-                                            max_tokens=TP_NEW, temperature=0,
-                                            extra_body=extra)
-            return out.choices[0].model_extra["token_ids"]
-
         with cf.ThreadPoolExecutor(len(cases)) as pool:
-            got = list(pool.map(send, range(len(cases))))
+            got = list(pool.map(lambda k: _complete(client, f"tp{k}", prompts[cases[k][0]],
+                                                    cases[k][1], "tiny", TP_NEW),
+                                range(len(cases))))
         reports = _report(base)
     assert len(reports) == 2
     assert {k: reports[1][k] for k in reports[0]} == reports[0]

@@ -78,14 +78,15 @@ def run_mixed(llm: LLM, ids: list[list[int]]) -> tuple[list[Any], dict[str, dict
     return outs, lasa_vllm.report(llm, [o.request_id for o in outs])
 
 
-def hf_greedy(model: Any, ids: list[int], **steering: Any
-              ) -> tuple[list[int], tuple[float, bool, str | None] | None]:
-    """The HF engine's greedy output for one prompt, and its gate results."""
+def hf_greedy(model: Any, ids: list[int], vector: str | Path = VECTOR, new: int = NEW,
+              **steering: Any) -> tuple[list[int], tuple[float, bool, str | None] | None]:
+    """The HF engine's greedy output for one prompt (``new`` tokens), and its gate results
+    (none without ``steering``)."""
     x = torch.tensor([ids])
-    kwargs = dict(attention_mask=torch.ones_like(x), max_new_tokens=NEW, do_sample=False)
+    kwargs = dict(attention_mask=torch.ones_like(x), max_new_tokens=new, do_sample=False)
     if not steering:
         return model.generate(x, **kwargs)[0, len(ids):].tolist(), None
-    with steer(model, VECTOR, **steering) as handle:
+    with steer(model, vector, **steering) as handle:
         out = model.generate(x, **kwargs)[0, len(ids):].tolist()
         return out, (float(handle.scores[0]), bool(handle.fired[0]), handle.langs[0])
 
