@@ -28,12 +28,22 @@ def test_calibrate_add_languages_refuses_a_refit_before_loading(tmp_path, capsys
 
 @pytest.mark.parametrize("argv", [["fit", "m", "-o", "x", "--band", "0.3"],
                                   ["fit", "m", "-o", "x", "--layer", "middle"],
-                                  ["fit", "m", "-o", "x", "--refusal-layers", "1,b"]])
+                                  ["fit", "m", "-o", "x", "--refusal-layers", "1,b"],
+                                  ["fit", "m", "-o", "x", "--identify", "ntrex,news"],
+                                  ["calibrate", "v", "m", "-o", "x", "--identify", "wiki"]])
 def test_bad_flag_values_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_identify_sources():
+    from lasa_steer.cli.common import identify_sources
+
+    assert identify_sources("none") == []
+    assert identify_sources("nusax") == ["nusax"]
+    assert identify_sources("ntrex, nusax") == ["ntrex", "nusax"]
 
 
 def test_library_does_not_import_the_server():

@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 
 from ..types import ACTIONS
-from .common import MODEL_HELP
+from .common import MODEL_HELP, add_identify
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,10 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "train, half to train, half to calibrate (default 400; 0 = none)")
     p.add_argument("--probe-hidden", type=int, default=64,
                    help="with --gate refit: width of the MLP probe candidate (0 = none)")
-    p.add_argument("--identify", default="ntrex,nusax",
-                   help="parallel corpora whose languages without labelled prompts get an "
-                        "identification centroid and the pooled threshold (default "
-                        "ntrex,nusax; 'none' = only the labelled languages)")
+    add_identify(p)
     p.add_argument("--add-languages", action="store_true",
                    help="only add identification centroids (--identify) for languages the "
                         "gate lacks; its score, thresholds and centroids stay")
@@ -77,11 +74,10 @@ def run(args: argparse.Namespace) -> int:
     vector = SteeringVector.load(args.vector)
     model, tok = load_model(args.model)
     vector.check_model(model)
-    sources = [] if args.identify == "none" else args.identify.split(",")
     if args.add_languages:
         have = vector.gate.languages if vector.gate else ()
         texts, check = identification_texts(have, args.data_dir, args.per_language,
-                                            sources=sources)
+                                            sources=args.identify)
         out, added = add_languages(model, tok, vector, texts, check)
         report = dict(out.extra.get("language_gate", {}))
         report["identification_check"] = {**report.get("identification_check", {}),
@@ -95,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     train = load_polyrefuse(args.data_dir, "train")
     val = load_polyrefuse(args.data_dir, "val", limit=args.val_limit)
     texts, check = identification_texts({e.lang for e in train}, args.data_dir,
-                                        args.per_language, sources=sources)
+                                        args.per_language, sources=args.identify)
     checked: dict = {}
     if not (vector.gate and vector.gate.language_aware) or args.gate == "keep":
         vector, report = calibrate_languages(model, tok, vector, train, val, args.fpr,

@@ -7,6 +7,7 @@ import argparse
 from typing import Callable
 
 from ..fit.bottleneck import DEFAULT_BAND
+from ..fit.languages import IDENTIFY_SOURCES
 
 MODEL_HELP = "model name, folder, hub id or .gguf file"
 
@@ -36,3 +37,26 @@ def add_model_and_data(p: argparse.ArgumentParser, band_help: str | None = None)
     p.add_argument("--band", type=band, default=DEFAULT_BAND, metavar="LOW,HIGH",
                    help=band_help or f"depth band for the bottleneck, as fractions (default "
                    f"{DEFAULT_BAND[0]},{DEFAULT_BAND[1]})")
+
+
+def identify_sources(text: str) -> list[str]:
+    """An argparse type: ``--identify``'s comma-separated corpora, or ``none``."""
+    if text.strip() == "none":
+        return []
+    names = comma_list(str, "corpus names")(text)
+    unknown = sorted(set(names) - set(IDENTIFY_SOURCES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown corpus {unknown}; known: "
+                                         f"{', '.join(IDENTIFY_SOURCES)} or none")
+    return names
+
+
+def add_identify(p: argparse.ArgumentParser) -> None:
+    """``--identify``: the parallel corpora whose languages without labelled prompts the
+    language-aware gate also identifies (``lasa fit`` and ``lasa calibrate``)."""
+    default = ",".join(IDENTIFY_SOURCES)
+    p.add_argument("--identify", type=identify_sources, default=list(IDENTIFY_SOURCES),
+                   metavar="CORPORA",
+                   help="parallel corpora (in --data-dir) whose languages without labelled "
+                        "prompts get an identification centroid and the pooled threshold "
+                        f"(default {default}; 'none' = only the labelled languages)")

@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from .common import add_model_and_data, comma_list
+from .common import add_identify, add_model_and_data, comma_list
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "dtype name; the gate threshold and generation always use the model")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
-    p.add_argument("--identify", default="ntrex,nusax",
-                   help="parallel corpora (in --data-dir) whose languages without labelled "
-                        "prompts the language-aware gate also identifies, with the pooled "
-                        "threshold (default ntrex,nusax; 'none' = only the fit's languages)")
+    add_identify(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -89,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                     seed=args.seed, progress=not args.no_progress)
     texts, check = identification_texts(
         {e.lang for e in train}, args.data_dir, cfg.lid_per_language, seed=args.seed,
-        sources=[] if args.identify == "none" else args.identify.split(","))
+        sources=args.identify)
     result = fit(model, tok, train, val, cfg, data_info=info, identify_only=texts,
                  identify_check=check)
     elapsed = time.perf_counter() - t0
