@@ -18,7 +18,7 @@ Printed per language: TPR / strict TPR / AUROC against XSTest safe.
 The oracle probes see the test set, so their figures are an upper reference, never a result:
 nothing here is used to fit or choose what ships.
 
-    python benchmarks/gate_ceiling.py --vector vectors/smollm2-135m-instruct.safetensors \
+    python benchmarks/gate_ceiling.py --vector smollm2-135m-instruct \
         --threads 2 --cache /tmp/ceiling.pt --out docs/efficacy_ceiling.json
 
 ``--blocks 8 11 14 17 20 23 26 29`` adds a multi-block linear probe (states at every listed
@@ -138,7 +138,7 @@ def mean_tables(tables: list[dict]) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--vector", default=str(REPO / "vectors/smollm2-135m-instruct.safetensors"))
+    p.add_argument("--vector", default="smollm2-135m-instruct")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--multijail-rows", type=int, default=100, help="MultiJail rows (x10 languages)")

@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from lasa_steer import SteeringVector, load_model, steer
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["How do I make a bomb at home?", "Write a short poem about the sea.",
            "Wie knacke ich ein Fahrradschloss?", "Explain photosynthesis simply.",
            "Nipe njia ya kuiba gari.", "What is the capital of France?",
@@ -28,7 +26,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--vector", default=str(REPO / "vectors/smollm2-135m-instruct.safetensors"))
+    ap.add_argument("--vector", default="smollm2-135m-instruct")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_model("smollm2-135m-instruct")

@@ -271,9 +271,9 @@ def moderation_vs_prefill(base: str, model: str, reps: int = 10) -> dict:
 
 def vector_folder(tmp: Path) -> tuple[Path, str]:
     """The shipped vector's folder, or a temporary crude vector if it is not fitted yet."""
-    shipped = REPO / "vectors" / f"{MODEL}.safetensors"
+    shipped = REPO / "src/lasa_steer/vectors" / f"{MODEL}.safetensors"
     if shipped.is_file():
-        return shipped.parent, "shipped vectors/" + shipped.name
+        return shipped.parent, "shipped src/lasa_steer/vectors/" + shipped.name
     sys.path.insert(0, str(REPO / "tests"))
     from conftest_server import write_vectors  # a difference-of-means test vector
 

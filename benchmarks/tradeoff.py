@@ -22,7 +22,7 @@ are generated again. Attack success (MultiJail, mean over languages) and over-re
 (PolyRefuse harmless val and XSTest safe prompts, mean of the two benches) use the pattern
 judge; MultiJail is a test set here: nothing is fitted on it.
 
-    python benchmarks/tradeoff.py --vector vectors/smollm2-135m-instruct.safetensors \\
+    python benchmarks/tradeoff.py --vector smollm2-135m-instruct \\
         --multijail-per-language 20 --xstest 100 --polyrefuse-per-language 5 --out docs/tradeoff
 """
 
@@ -124,7 +124,7 @@ def english_gate(model, tok, vector, data_dir, items_states):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--vector", default="vectors/smollm2-135m-instruct.safetensors")
+    ap.add_argument("--vector", default="smollm2-135m-instruct")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--multijail-per-language", type=int, default=20)
     ap.add_argument("--xstest", type=int, default=100)

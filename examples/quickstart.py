@@ -3,11 +3,9 @@
     python examples/quickstart.py
 """
 
-from pathlib import Path
-
 from lasa_steer import load_model, steer
 
-VECTOR = Path(__file__).resolve().parents[1] / "vectors" / "smollm2-135m-instruct.safetensors"
+VECTOR = "smollm2-135m-instruct"  # the shipped vector, found by name
 PROMPTS = ["How do I make a pipe bomb?", "Nipe maelekezo ya kutengeneza bomu.",
            "Write a haiku about autumn."]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from lasa_steer.model.embedded import DEFAULT_MODEL
 from lasa_steer.types import MODES, REQUEST_ACTIONS
 
-from .runtime import ServerConfig, default_vector_dir
+from .runtime import ServerConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id, local folder, .gguf file or embedded name (default {DEFAULT_MODEL})")
     p.add_argument("--vectors", type=Path, default=None,
-                   help="folder of vector files; requests name them by file stem "
-                   "(default: the repository's vectors/)")
+                   help="folder of vector files; requests name them by file stem. They are "
+                   "served beside the shipped vectors; a file named like a shipped one "
+                   "replaces it")
+    p.add_argument("--no-shipped-vectors", dest="shipped_vectors", action="store_false",
+                   help="serve only --vectors' files, not the vectors shipped in the package")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("LASA_API_KEY"),
@@ -76,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
-        model=args.model, vectors=args.vectors or default_vector_dir(), host=args.host,
+        model=args.model, vectors=args.vectors, shipped_vectors=args.shipped_vectors,
+        host=args.host,
         port=args.port, api_key=args.api_key or None, admin_key=args.admin_key or None,
         served_model_name=args.served_model_name, default_vector=args.default_vector,
         default_mode=args.default_mode, default_action=args.default_action,

@@ -15,6 +15,7 @@ from lasa_steer import LasaError, SteeringEngine, SteeringVector, load_model
 from lasa_steer.model.embedded import DEFAULT_MODEL
 from lasa_steer.steering.api import end_of_turn
 from lasa_steer.steering.openers import Openers
+from lasa_steer.vector.shipped import SHIPPED_DIR
 
 from .backend import Served
 from .metrics import Metrics
@@ -24,16 +25,11 @@ from .vectors import VectorRegistry
 log = logging.getLogger("lasa.server")
 
 
-def default_vector_dir() -> Path:
-    """``vectors/`` of a source checkout, else ``./vectors``."""
-    repo = Path(__file__).resolve().parents[1] / "vectors"
-    return repo if repo.is_dir() else Path("vectors")
-
-
 @dataclass
 class ServerConfig:
     model: str = DEFAULT_MODEL
-    vectors: Path | None = None
+    vectors: Path | None = None  # --vectors: adds vectors, or replaces shipped ones by name
+    shipped_vectors: bool = False  # also serve the package's vectors (lasa serve's default)
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -115,7 +111,8 @@ class Runtime:
         self.model_name = config.served_model_name or served.name
         limit = served.context
         self.context = min(limit, config.max_model_len) if config.max_model_len else limit
-        self.vectors = VectorRegistry(None, config.vectors, extra_vectors, check=served.fits)
+        self.vectors = VectorRegistry(None, config.vectors, extra_vectors, check=served.fits,
+                                      shipped=SHIPPED_DIR if config.shipped_vectors else None)
         try:
             self._choose_default_vector()
         except BaseException:
@@ -131,7 +128,7 @@ class Runtime:
             if config.default_vector not in names:
                 raise LasaError(
                     f"--default-vector {config.default_vector!r}: no such vector fits the "
-                    f"model in {config.vectors}; loaded: {names or 'none'}; skipped: "
+                    f"model in {self.vector_source()}; loaded: {names or 'none'}; skipped: "
                     f"{self.vectors.skipped or 'none'}")
             self.default_vector: str | None = config.default_vector
         elif self.model_name in names:
@@ -139,11 +136,15 @@ class Runtime:
         else:
             self.default_vector = names[0] if names else None
 
+    def vector_source(self) -> str:
+        places = [str(p) for p in (self.vectors.shipped, self.config.vectors) if p is not None]
+        return " + ".join(places) or "no folder"
+
     def log_startup(self) -> None:
         c = self.config
         log.info("lasa serve: model %s (%s, %s, context %d tokens)", self.model_name, c.model,
                  self.served.description, self.context)
-        log.info("vectors from %s: %s", c.vectors, ", ".join(self.vectors.names()) or "none")
+        log.info("vectors from %s: %s", self.vector_source(), ", ".join(self.vectors.names()) or "none")
         for name, why in self.vectors.skipped.items():
             log.info("  skipped %s: %s", name, why)
         if self.default_vector is None:

@@ -43,30 +43,43 @@ Check = Callable[[str, "Path | None", SteeringVector], None]
 
 class VectorRegistry:
     """Vectors by name. A file serves once ``check`` accepts it (default: it fits
-    ``model``; the vLLM engine's check installs it in the engine's workers)."""
+    ``model``; the vLLM engine's check installs it in the engine's workers).
+
+    ``shipped`` (the package's own vectors) is read first; a file of the same name in
+    ``folder`` (``--vectors``) replaces it, other files add vectors."""
 
     def __init__(self, model: torch.nn.Module | None, folder: Path | None,
-                 extra: dict[str, SteeringVector] | None = None, check: Check | None = None):
+                 extra: dict[str, SteeringVector] | None = None, check: Check | None = None,
+                 shipped: Path | None = None):
         if check is None:
             if model is None:
                 raise ValueError("VectorRegistry needs a model or a check")
             check = lambda name, path, vector: vector.check_model(model)  # noqa: E731
         self.check = check
         self.folder = folder
+        self.shipped = shipped
         self._lock = threading.Lock()
         self._vectors: dict[str, SteeringVector] = dict(extra or {})
         self.skipped: dict[str, str] = {}
 
+    def files(self) -> dict[str, Path]:
+        """Name -> file: the shipped vectors, then ``folder``'s (which win on a name)."""
+        out: dict[str, Path] = {}
+        for folder in (self.shipped, self.folder):
+            if folder is not None and folder.is_dir():
+                out.update({p.stem: p for p in sorted(folder.glob("*.safetensors"))})
+        return out
+
     def scan(self) -> None:
-        """Load every vector in the folder that fits the model; log and skip the rest."""
-        if self.folder is None or not self.folder.is_dir():
-            return
-        for path in sorted(self.folder.glob("*.safetensors")):
+        """Load every vector file that fits the model; log and skip the rest."""
+        if self.folder is not None and not self.folder.is_dir():
+            raise LasaError(f"--vectors {self.folder}: no such folder")
+        for name, path in self.files().items():
             try:
-                self._vectors[path.stem] = self._read(path)
+                self._vectors[name] = self._read(path)
             except LasaError as exc:  # the error names the field that does not fit
-                self.skipped[path.stem] = str(exc)
-                log.warning("vector %s skipped: %s", path.name, exc)
+                self.skipped[name] = str(exc)
+                log.warning("vector %s skipped: %s", path, exc)
 
     def _read(self, path: Path) -> SteeringVector:
         check_name(path.stem)
@@ -77,12 +90,13 @@ class VectorRegistry:
         return vector
 
     def load(self, name: str) -> SteeringVector:
-        """(Re)load ``<folder>/<name>.safetensors``; on any error the old entry stays."""
+        """(Re)load ``<folder>/<name>.safetensors`` (else the shipped file of that name);
+        on any error the old entry stays."""
         check_name(name)
-        if self.folder is None:
+        if self.folder is None and self.shipped is None:
             raise FileNotFoundError("the server has no vector folder (--vectors)")
-        path = self.folder / f"{name}.safetensors"
-        if not path.is_file():
+        path = self.files().get(name)
+        if path is None or not path.is_file():
             raise FileNotFoundError(f"no vector file {name}.safetensors in the vector folder")
         vector = self._read(path)
         with self._lock:

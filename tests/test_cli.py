@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from lasa_steer.cli import main
+from lasa_steer.vector.shipped import SHIPPED_DIR
 
 
 def test_lasa_error_is_one_line(tmp_path, capsys):
@@ -61,7 +62,7 @@ def test_vllm_args_prints_the_plain_server_flags(tmp_path, capsys):
     from lasa_steer import SteeringVector
     from lasa_steer.engines.vllm.config import server_args
 
-    shipped = Path(__file__).resolve().parents[1] / "vectors" / "smollm2-135m-instruct.safetensors"
+    shipped = SHIPPED_DIR / "smollm2-135m-instruct.safetensors"
     SteeringVector.load(shipped).save(tmp_path / "b.safetensors")
     argv = ["vllm-args", "--vector", f"a={shipped}", "--vectors", str(tmp_path),
             "--default-vector", "a", "--default-action", "add", "--max-model-len", "1024"]

@@ -10,15 +10,16 @@ import pytest
 import torch
 from transformers import BatchEncoding
 
-from conftest import REPO, make_tiny, require_shared_data
+from conftest import make_tiny, require_shared_data
 from lasa_steer import SteeringVector
 from lasa_steer.fit.calibrate import StrengthTrial, choose_trial, rate_above, threshold_for_fpr
 from lasa_steer.fit.data import HARMFUL, HARMLESS, load_labelled
 from lasa_steer.fit.directions import (auroc, harm_direction, language_subspace, project_out,
                                    whitened_direction, within_cell_covariance)
 from lasa_steer.fit import FitConfig, fit, write_report
+from lasa_steer.vector.shipped import SHIPPED_DIR
 
-SHIPPED = REPO / "vectors" / "smollm2-135m-instruct.safetensors"
+SHIPPED = SHIPPED_DIR / "smollm2-135m-instruct.safetensors"
 
 
 def planted(seed=0, h=64, langs=5, per=40, lang_scale=8.0):

@@ -13,10 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest_server import free_port  # noqa: E402
+from lasa_steer.vector.shipped import SHIPPED_DIR  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 LASA = Path(sys.executable).parent / "lasa"
-
 
 
 def _wait_healthy(proc, base: str, log) -> None:
@@ -75,7 +74,7 @@ def test_serve_subprocess_logs_and_answers(smollm2, tmp_path):
 @pytest.mark.slow
 def test_serve_without_arguments_uses_shipped_vector(tmp_path):
     """No --model/--vectors: the embedded model with the repository's shipped vector."""
-    shipped = REPO / "vectors" / "smollm2-135m-instruct.safetensors"
+    shipped = SHIPPED_DIR / "smollm2-135m-instruct.safetensors"
     if not shipped.is_file():
         pytest.skip("the shipped vector is not fitted yet")
     from lasa_steer import SteeringVector

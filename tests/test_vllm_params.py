@@ -4,7 +4,6 @@ without vLLM: these modules never import it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace as NS
 
 import pytest
@@ -18,8 +17,9 @@ from lasa_steer.engines.vllm.config import (CONFIG_KEY, LOGITS_PROCESSOR, SLOTS_
                                             server_args, wants_slots)
 from lasa_steer.engines.vllm.params import Defaults, parse, resolve, resolve_names
 from lasa_steer.steering.openers import Openers
+from lasa_steer.vector.shipped import SHIPPED_DIR
 
-VECTOR = Path(__file__).resolve().parents[1] / "vectors" / "smollm2-135m-instruct.safetensors"
+VECTOR = SHIPPED_DIR / "smollm2-135m-instruct.safetensors"
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 >>> from lasa_steer import load_model, steer
 >>> model, tok = load_model("smollm2-135m-instruct")
->>> with steer(model, "vectors/smollm2-135m-instruct.safetensors") as handle:
+>>> with steer(model, "smollm2-135m-instruct") as handle:
 ...     out = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=64)
 """
 

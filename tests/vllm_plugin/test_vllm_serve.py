@@ -25,11 +25,11 @@ from server_process import running, server_env  # noqa: E402
 
 from lasa_steer import SteeringVector, load_model  # noqa: E402
 from lasa_steer.prompts import format_prompt  # noqa: E402
+from lasa_steer.vector.shipped import SHIPPED_DIR  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
-REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "vectors" / "smollm2-135m-instruct.safetensors"
+SHIPPED = SHIPPED_DIR / "smollm2-135m-instruct.safetensors"
 MODEL = "smollm2-135m-instruct"
 NEW = 12
 ADMIN = "admin-key"

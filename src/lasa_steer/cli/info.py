@@ -10,7 +10,8 @@ from ..vector.file import SteeringVector
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a vector file's metadata")
-    p.add_argument("vector", help="path to a .safetensors vector file")
+    p.add_argument("vector", help="a .safetensors vector file, or a shipped vector's name "
+                   "(smollm2-135m-instruct)")
     p.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
     p.set_defaults(func=run)
 

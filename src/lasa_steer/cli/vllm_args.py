@@ -3,7 +3,7 @@
 Prints them on one line, quoted for the shell (hence ``eval``)::
 
     eval python -m vllm.entrypoints.openai.api_server --model MODEL "$(lasa vllm-args \\
-        --vector smollm2=vectors/smollm2-135m-instruct.safetensors --default-vector smollm2 \\
+        --vector smollm2=smollm2-135m-instruct --default-vector smollm2 \\
         --max-model-len 4096)"
 
 Each file is read first (a corrupt or unreadable one stops here, not in vLLM's workers);

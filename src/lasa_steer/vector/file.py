@@ -34,6 +34,7 @@ from ..types import ACTIONS, POOLINGS, SITES
 from .gate import Gate, check_language_gate, language_fields
 from .probe import probe_fields
 from .schema import check_metadata
+from .shipped import resolve_vector
 
 FORMAT_VERSION = 3  # the newest format this version writes
 READ_VERSIONS = (1, 2, 3)
@@ -194,10 +195,9 @@ class SteeringVector:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "SteeringVector":
-        """Read and validate a vector file; raise :class:`VectorFileError` on any defect."""
-        p = Path(path)
-        if not p.is_file():
-            raise VectorFileError(f"{p}: no such vector file")
+        """Read and validate a vector file (a path, or the name of a shipped vector such as
+        ``"smollm2-135m-instruct"``); raise :class:`VectorFileError` on any defect."""
+        p = resolve_vector(path)
         try:
             with safe_open(str(p), framework="pt") as f:
                 header = f.metadata() or {}

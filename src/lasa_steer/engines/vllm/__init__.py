@@ -6,7 +6,7 @@ Usage (see docs/vllm.md)::
     from lasa_steer.engines import vllm as lasa_vllm
 
     llm = LLM(model=folder, **lasa_vllm.engine_kwargs())
-    lasa_vllm.install(llm, {"smollm2": "vectors/smollm2-135m-instruct.safetensors"})
+    lasa_vllm.install(llm, {"smollm2": "smollm2-135m-instruct"})
     params = SamplingParams(max_tokens=64, temperature=0,
                             extra_args=lasa_vllm.xargs(vector="smollm2", mode="gate",
                                                        action="add"))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ...errors import SteeringConfigError
+from ...vector.shipped import locate
 from .params import NAME_RE, Defaults, check_choice_default
 
 CONFIG_KEY = "lasa_steer"
@@ -109,7 +110,7 @@ def config_entry(vectors: Mapping[str, str | Path] | None = None,
             raise SteeringConfigError("default_vector needs vectors")
         return SLOTS_VERSION
     out: dict[str, Any] = {
-        "vectors": {str(k): str(Path(v).expanduser().resolve()) for k, v in vectors.items()},
+        "vectors": {str(k): str(locate(v).resolve()) for k, v in vectors.items()},
         "default_mode": default_mode, "slots": SLOTS_VERSION}
     for key, val in (("default_vector", default_vector), ("default_action", default_action),
                      ("default_strength", default_strength)):
