@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "replaces it")
     p.add_argument("--no-shipped-vectors", dest="shipped_vectors", action="store_false",
                    help="serve only --vectors' files, not the vectors shipped in the package")
+    p.add_argument("--allow-unsteered", action="store_true",
+                   help="start even when no vector fits the model, serving without steering "
+                   "(/health and /v1/models say steering is off); default: refuse to start")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("LASA_API_KEY"),
@@ -90,7 +93,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
         max_batch_tokens=args.max_batch_tokens,
         max_moderation_inputs=args.max_moderation_inputs,
-        dtype=args.dtype, device=args.device, threads=args.threads, engine=args.engine)
+        dtype=args.dtype, device=args.device, threads=args.threads, engine=args.engine,
+        allow_unsteered=args.allow_unsteered)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -249,6 +249,8 @@ class ModelCard(BaseModel):
     created: int = 0
     owned_by: str = "lasa-steer"
     context_window: int
+    # "off": no vector fits the model (started with --allow-unsteered)
+    steering: Literal["on", "off"] = "on"
 
 
 class ModelList(BaseModel):

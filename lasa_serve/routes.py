@@ -52,8 +52,9 @@ def create_app(rt: Runtime) -> FastAPI:
 def _info_routes(app: FastAPI, rt: Runtime) -> None:
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": rt.model_name, "default_vector": rt.default_vector,
-                **rt.backend.load()}
+        return {"status": "ok", "model": rt.model_name,
+                "steering": "on" if rt.steering_on else "off",
+                "default_vector": rt.default_vector, **rt.backend.load()}
 
     # load balancers probe with HEAD (outside the schema: one operation per path and name)
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
@@ -179,7 +180,8 @@ def _configure_schema(schema: dict[str, Any], rt: Runtime) -> None:
 
 
 def _model_card(rt: Runtime) -> ModelCard:
-    return ModelCard(id=rt.model_name, context_window=rt.context)
+    return ModelCard(id=rt.model_name, context_window=rt.context,
+                     steering="on" if rt.steering_on else "off")
 
 
 def _check_model(rt: Runtime, name: str) -> None:

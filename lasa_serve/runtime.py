@@ -25,6 +25,25 @@ from .vectors import VectorRegistry
 log = logging.getLogger("lasa.server")
 
 
+def no_vector_message(model_name: str, config: "ServerConfig", files: dict[str, Path],
+                      skipped: dict[str, str]) -> str:
+    """Why no vector serves the model: where vectors were looked for, each file's reason."""
+    places = ([str(SHIPPED_DIR) + " (shipped)"] if config.shipped_vectors else []) + \
+        ([str(config.vectors)] if config.vectors is not None else [])
+    where = " and ".join(places) or "nowhere (no --vectors folder, shipped vectors off)"
+    if not files:
+        why = f"no .safetensors file in {where}"
+    else:
+        why = f"every vector file in {where} was rejected: " + "; ".join(
+            f"{files[name]}: {skipped.get(name, 'not loaded')}"
+            for name in sorted(files))
+    source = "" if str(config.model) == model_name else f" ({config.model})"
+    return (f"no steering vector fits the served model {model_name}{source}: {why}. "
+            "Refusing to serve it unsteered: fit a vector for this model (lasa fit), point "
+            "--vectors at a folder that holds one, or start with --allow-unsteered to serve "
+            "without steering")
+
+
 @dataclass
 class ServerConfig:
     model: str = DEFAULT_MODEL
@@ -52,6 +71,8 @@ class ServerConfig:
     device: str | None = None
     threads: int | None = None
     engine: str = "hf"  # or "vllm" (lasa_serve.vllm_backend)
+    # serve without steering when no vector fits the model (default: refuse to start)
+    allow_unsteered: bool = False
 
 
 def start_hf(config: ServerConfig, metrics: Metrics, model: Any = None,
@@ -91,6 +112,17 @@ class Runtime:
                  extra_vectors: dict[str, SteeringVector] | None = None):
         self.config = config
         self.metrics = Metrics()
+        self._closed = False
+        # the engine's check (served.fits) applies once the engine runs
+        self.vectors = VectorRegistry(None, config.vectors, extra_vectors,
+                                      check=lambda *a: self.served.fits(*a),
+                                      shipped=SHIPPED_DIR if config.shipped_vectors else None)
+        if config.vectors is not None and not config.vectors.is_dir():
+            raise LasaError(f"--vectors {config.vectors}: no such folder")
+        if not (config.allow_unsteered or extra_vectors or self.vectors.files()):
+            # nothing could fit: say so before loading the model (minutes with vLLM)
+            raise LasaError(no_vector_message(config.served_model_name or str(config.model),
+                                              config, {}, {}))
         if config.engine == "vllm":
             if model is not None or extra_vectors:
                 raise LasaError("engine 'vllm' loads its model and vectors from --model and "
@@ -111,14 +143,21 @@ class Runtime:
         self.model_name = config.served_model_name or served.name
         limit = served.context
         self.context = min(limit, config.max_model_len) if config.max_model_len else limit
-        self.vectors = VectorRegistry(None, config.vectors, extra_vectors, check=served.fits,
-                                      shipped=SHIPPED_DIR if config.shipped_vectors else None)
         try:
             self._choose_default_vector()
+            if self.default_vector is None and not config.allow_unsteered:
+                raise LasaError(no_vector_message(self.model_name, config,
+                                                  self.vectors.files(), self.vectors.skipped))
         except BaseException:
             served.close()
             raise
         self.log_startup()
+
+    @property
+    def steering_on(self) -> bool:
+        """Whether requests can be steered: a vector fits the model (without one, the
+        server only starts with ``allow_unsteered``)."""
+        return self.default_vector is not None
 
     def _choose_default_vector(self) -> None:
         config = self.config
@@ -148,7 +187,9 @@ class Runtime:
         for name, why in self.vectors.skipped.items():
             log.info("  skipped %s: %s", name, why)
         if self.default_vector is None:
-            log.warning("no vector fits this model: steering is off, /v1/moderations unavailable")
+            log.warning("no vector fits this model: steering is OFF (--allow-unsteered); "
+                        "requests that ask for steering are refused, /v1/moderations "
+                        "unavailable")
             return
         v = self.vectors.get(self.default_vector)
         assert v is not None
@@ -161,4 +202,7 @@ class Runtime:
                  c.default_mode)
 
     def close(self) -> None:
-        self.served.close()
+        """Stop the engine (idempotent: the app's shutdown and the command both call it)."""
+        if not self._closed:
+            self._closed = True
+            self.served.close()

@@ -31,6 +31,7 @@ from typing import Any, Coroutine, Sequence
 
 from lasa_steer import LasaError, RowSteering, SteeringVector
 from lasa_steer.engines import vllm as lasa_vllm
+from lasa_steer.engines.vllm.checks import problems
 from lasa_steer.model.loading import resolve
 from lasa_steer.prompts import format_prompt
 
@@ -96,6 +97,11 @@ def start_vllm(config: Any, metrics: Metrics) -> Served:
     max_len = min(context, config.max_model_len) if config.max_model_len else context
     backend = VllmBackend(_engine_args(config, source, max_len), tok, eos_ids(model_view, tok),
                           metrics)
+    try:
+        refuse_unsteerable(backend.engine.vllm_config, vllm.__version__)
+    except BaseException:
+        backend.close()
+        raise
     eot = getattr(generation, "eos_token_id", None)
     if isinstance(eot, (list, tuple)):
         eot = eot[0] if eot else None
@@ -110,6 +116,15 @@ def start_vllm(config: Any, metrics: Metrics) -> Served:
                     f"{vc.scheduler_config.max_num_seqs}, max_num_batched_tokens "
                     f"{vc.scheduler_config.max_num_batched_tokens}, {compiled}",
         close=backend.close)
+
+
+def refuse_unsteerable(vllm_config: Any, version: str) -> None:
+    """Raise :class:`LasaError` when the started engine's configuration cannot run the
+    steering slots (e.g. CUDA graphs on): the server must not serve unsteered."""
+    found = problems(vllm_config, version)
+    if found:
+        raise LasaError("the vLLM engine cannot run lasa steering, refusing to serve: "
+                        + "; ".join(found))
 
 
 def _engine_args(config: Any, source: str, max_len: int) -> dict[str, Any]:

@@ -41,3 +41,39 @@ def test_the_plugin_gets_the_resolved_settings_explicitly():
                                      "lasa_action": "add", "lasa_strength": 2.5,
                                      "lasa_direction": "refusal"}
     assert plugin_args(row, None) == {"lasa_mode": "off"}
+
+
+def _engine_config(cudagraph_mode: str):
+    """A stand-in for the started engine's ``VllmConfig`` as vLLM builds it on CUDA with
+    what ``lasa serve`` passes (slots, logits processor, no chunked prefill or prefix
+    caching), ``cudagraph_mode`` as given."""
+    from types import SimpleNamespace as NS
+
+    from lasa_steer.engines.vllm.config import CONFIG_KEY, LOGITS_PROCESSOR
+
+    return NS(additional_config={CONFIG_KEY: 1},
+              model_config=NS(logits_processors=[LOGITS_PROCESSOR]),
+              compilation_config=NS(cudagraph_mode=f"CUDAGraphMode.{cudagraph_mode}"),
+              scheduler_config=NS(enable_chunked_prefill=False),
+              cache_config=NS(enable_prefix_caching=False),
+              parallel_config=NS(pipeline_parallel_size=1), speculative_config=None,
+              use_v2_model_runner=False)
+
+
+def test_engine_with_cuda_graphs_refuses_to_serve():
+    """vLLM's CUDA default (FULL_AND_PIECEWISE) would replay graphs without the steering
+    slots: the server refuses to start rather than serve unsteered."""
+    from lasa_serve.vllm_backend import refuse_unsteerable
+    from lasa_steer import LasaError
+
+    refuse_unsteerable(_engine_config("NONE"), "0.32.0")
+    with pytest.raises(LasaError, match="refusing to serve: CUDA graphs are on"):
+        refuse_unsteerable(_engine_config("FULL_AND_PIECEWISE"), "0.32.0")
+
+
+def test_engine_args_turn_cuda_graphs_off():
+    """What ``lasa serve --engine vllm`` and ``engine_kwargs`` pass: cudagraph_mode NONE
+    (an explicit value that vLLM keeps on CUDA; it fills only an unset one)."""
+    from lasa_steer.engines.vllm import ENGINE_KWARGS
+
+    assert ENGINE_KWARGS["compilation_config"] == {"cudagraph_mode": "NONE"}

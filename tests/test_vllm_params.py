@@ -164,6 +164,8 @@ def test_server_args(tmp_path):
     assert flag["--logits-processors"] == LOGITS_PROCESSOR
     assert flag["--worker-extension-cls"] == WORKER_EXTENSION
     assert {"--no-enable-chunked-prefill", "--no-enable-prefix-caching"} <= set(args)
+    # no CUDA graphs (vLLM's CUDA default would replay graphs without the steering slots)
+    assert json.loads(args[args.index("--compilation-config") + 1]) == {"cudagraph_mode": "NONE"}
     assert args[-4:] == ["--max-model-len", "2048", "--max-num-batched-tokens", "2048"]
 
 

@@ -31,6 +31,11 @@ def resolve_steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, S
         raise APIError(404, f"steering.direction {s.direction!r}: vector {name!r} has no such "
                        f"direction; it has {sorted(vector.directions)}",
                        param="steering.direction", code="direction_not_found")
+    if vector is None and mode != "off" and s.model_fields_set:  # no vector at all
+        raise APIError(400, f"steering: this server has no steering vector (it was started "
+                       f"with --allow-unsteered and no vector fits {rt.model_name}), so it "
+                       f"cannot honour steering mode {mode!r}; send steering.mode 'off' or "
+                       "no steering field", param="steering", code="steering_unavailable")
     if vector is None or mode == "off":
         return OFF, SteeringResult(vector=name if vector is not None else None, mode="off",
                                    action=None, strength=0.0)

@@ -45,19 +45,24 @@ def engine_kwargs(vectors: Mapping[str, str | Path] | None = None, *,
                   **overrides: Any) -> dict[str, Any]:
     """``vllm.LLM`` / ``AsyncEngineArgs`` keyword arguments the plugin needs (its entry in
     ``additional_config``, no chunked prefill, no prefix caching, the worker extension and
-    the logits processor), plus ``overrides`` (an ``additional_config`` dict is merged).
+    the logits processor), plus ``overrides`` (an ``additional_config`` or
+    ``compilation_config`` dict is merged).
     With ``vectors`` (name -> file) every worker installs them when its model loads, with
-    the ``default_*`` settings, so no :func:`install` call is needed. vLLM's default
-    compilation stays on; ``enforce_eager=True`` works too."""
+    the ``default_*`` settings, so no :func:`install` call is needed. vLLM's torch.compile
+    stays on, CUDA graphs off (``cudagraph_mode`` NONE: :data:`.config.STEERABLE_COMPILATION`);
+    ``enforce_eager=True`` works too."""
     from .logits import LasaLogitsProcessor
 
     extra = dict(ENGINE_KWARGS["additional_config"])
     extra[CONFIG_KEY] = config_entry(vectors, default_vector, default_mode, default_action,
                                      default_strength)
     extra.update(overrides.pop("additional_config", None) or {})
+    compilation = overrides.pop("compilation_config", None)
+    if compilation is None or isinstance(compilation, dict):
+        compilation = {**ENGINE_KWARGS["compilation_config"], **(compilation or {})}
     out: dict[str, Any] = dict(ENGINE_KWARGS, worker_extension_cls=WORKER_EXTENSION,
                                logits_processors=[LasaLogitsProcessor],
-                               additional_config=extra)
+                               additional_config=extra, compilation_config=compilation)
     out.update(overrides)
     return out
 

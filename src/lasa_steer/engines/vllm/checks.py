@@ -32,14 +32,15 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import SteeringConfigError
-from .config import CONFIG_KEY, LOGITS_PROCESSOR, SLOTS_VERSION, has_logits_processor, \
-    wants_slots
+from .config import CONFIG_KEY, LOGITS_PROCESSOR, SLOTS_VERSION, STEERABLE_COMPILATION, \
+    has_logits_processor, wants_slots
 
 SUPPORTED_VLLM = ("0.32.",)  # release lines whose model runner the plugin is tested on
 
 # The engine arguments the plugin needs (pass them to vllm.LLM / AsyncEngineArgs).
 ENGINE_KWARGS: dict[str, Any] = {
     "additional_config": {CONFIG_KEY: SLOTS_VERSION},
+    "compilation_config": dict(STEERABLE_COMPILATION),
     "enable_chunked_prefill": False,
     "enable_prefix_caching": False,
 }

@@ -32,6 +32,10 @@ CONFIG_KEY = "lasa_steer"
 SLOTS_VERSION = 1  # bump when the slots' graph changes
 WORKER_EXTENSION = "lasa_steer.engines.vllm.worker.LasaWorkerExtension"
 LOGITS_PROCESSOR = "lasa_steer.engines.vllm.logits:LasaLogitsProcessor"  # vLLM's FQCN form
+# vLLM's compilation setting under which the steering slots run: no CUDA graphs (a replayed
+# graph would not call them: .checks). torch.compile stays on. On the CPU build this is
+# vLLM's default anyway; on CUDA it replaces the default FULL_AND_PIECEWISE.
+STEERABLE_COMPILATION: dict[str, Any] = {"cudagraph_mode": "NONE"}
 KEYS = ("vectors", "default_vector", "default_mode", "default_action", "default_strength",
         "allow_mismatch", "slots")
 
@@ -130,14 +134,15 @@ def server_args(vectors: Mapping[str, str | Path], default_vector: str | None = 
     --model MODEL`` that serve lasa steering: the ``additional_config`` entry, the plugin's
     logits processor (admission checks, forced openers) and worker extension (its report
     through vLLM's dev-mode ``/collective_rpc``), no chunked prefill, no prefix caching,
-    and with ``max_model_len`` the matching token budget (a prompt is prefilled whole)."""
+    no CUDA graphs (vLLM's CUDA default; a replayed graph would skip the slots), and with ``max_model_len`` the matching token budget (a prompt is prefilled whole)."""
     entry_value = config_entry(vectors, default_vector, default_mode, default_action,
                                default_strength, allow_mismatch)
     args = ["--additional-config", json.dumps({CONFIG_KEY: entry_value}, sort_keys=True,
                                                     separators=(",", ":")),
             "--logits-processors", LOGITS_PROCESSOR,
             "--worker-extension-cls", WORKER_EXTENSION,
-            "--no-enable-chunked-prefill", "--no-enable-prefix-caching"]
+            "--no-enable-chunked-prefill", "--no-enable-prefix-caching",
+            "--compilation-config", json.dumps(STEERABLE_COMPILATION, separators=(",", ":"))]
     if max_model_len is not None:
         args += ["--max-model-len", str(max_model_len),
                  "--max-num-batched-tokens", str(max_model_len)]
