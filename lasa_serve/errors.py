@@ -46,23 +46,42 @@ async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
 def _union_tag(part: object) -> bool:
     """Whether a location part names a union member (``str``, ``list[TextPart]``) rather
     than a field: the client's field path leaves them out."""
-    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))
+    return isinstance(part, str) and ("[" in part or part.startswith("constrained-")
+                                      or part in ("str", "int", "float", "bool"))
+
+
+def _first_problem(errors: list[Any]) -> dict[str, Any]:
+    """The error to report: a union (``stop``: a text or a list of texts) reports one error
+    per member; a type mismatch there is usually the member the client did not mean, so
+    the first error that is not one is reported when there is such an error."""
+    for err in errors:
+        if not str(err.get("type", "")).endswith("_type"):
+            return err
+    return errors[0] if errors else {}
 
 
 async def validation_handler(request: Request, exc: Exception) -> JSONResponse:
     """Malformed JSON and invalid fields: 400, naming the first offending field."""
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first = errors[0] if errors else {}
+    errors = list(exc.errors())
+    first = _first_problem(errors)
     loc = [str(x) for x in first.get("loc", ()) if x != "body" and not _union_tag(x)]
     if first.get("type") == "json_invalid":
         return error_response(400, f"request body is not valid JSON: {first.get('msg', '')}",
-                              code="invalid_json")
+                              param="body", code="invalid_json")
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid request")
+    code = "invalid_value"
+    if first.get("type") == "extra_forbidden" and len(loc) >= 2:
+        from .protocol import STRICT_OBJECTS
+
+        model = STRICT_OBJECTS.get(loc[-2])
+        known = f"; known keys: {', '.join(model.model_fields)}" if model else ""
+        msg, code = f"unknown key {loc[-1]!r}{known}", "unknown_parameter"
+    elif first.get("type") == "string_unicode":  # a lone UTF-16 surrogate (serving/text.py)
+        msg, code = "a lone UTF-16 surrogate is not valid Unicode text", "invalid_text"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return error_response(400, f"{param or 'body'}: {msg}{more}", param=param,
-                          code="invalid_value")
+    return error_response(400, f"{param or 'body'}: {msg}{more}", param=param, code=code)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:

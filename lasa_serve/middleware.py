@@ -34,8 +34,9 @@ class GuardMiddleware:
         self.rt = runtime
 
     async def _reply(self, send: Any, status: int, message: str, code: str,
-                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        payload = json.dumps(body(status, message, code=code)).encode()
+                     headers: list[tuple[bytes, bytes]] | None = None,
+                     param: str | None = None) -> None:
+        payload = json.dumps(body(status, message, param=param, code=code)).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]
@@ -110,6 +111,12 @@ class GuardMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        try:  # JSON is UTF-8 (RFC 8259); json.loads would also guess UTF-16/32
+            b"".join(chunks).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            await self._reply(send, 400, f"request body is not valid JSON: byte {exc.start} "
+                              "is not UTF-8 text", "invalid_json", param="body")
+            return
         replayed = [False]
 
         async def replay() -> dict:

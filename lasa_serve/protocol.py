@@ -1,6 +1,7 @@
 """Request and response bodies of the OpenAI-compatible endpoints (pydantic).
 
-Unknown fields are ignored, as OpenAI clients send more than any one server uses. Numbers
+Unknown fields are ignored, as OpenAI clients send more than any one server uses, except
+inside ``steering`` (:data:`STRICT_OBJECTS`: a typo there would silently weaken safety). Numbers
 and booleans are strict (``"n": "2"`` or ``"stream": "yes"`` is a 400, as at OpenAI): a
 coerced value would hide a client's bug. Fields that would change the meaning of the answer
 and that this server cannot honour (logprobs, tools, suffix, images) are refused with a 400.
@@ -25,7 +26,12 @@ from lasa_steer.types import Mode, RequestAction
 from .vectors import NAME_PATTERN
 
 MAX_STOP, MAX_STOP_CHARS = 4, 256
-StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+# seeds are JSON-safe integers (|seed| < 2**53, JavaScript's Number.MAX_SAFE_INTEGER): every
+# client and schema tool reads them exactly (near 2**63 doubles round, and a generator
+# then disagrees with the server on the bound); choice k samples with seed + k, which both
+# engines' samplers take
+SEED_MIN, SEED_MAX = -(2 ** 53 - 1), 2 ** 53 - 1
 Stop = Optional[Union[StopText, Annotated[list[StopText], Field(max_length=MAX_STOP)]]]
 
 
@@ -53,7 +59,11 @@ class _Body(BaseModel):
 
 class Steering(_Body):
     """Per-request steering (the ``steering`` body field; ``extra_body`` in the client).
-    Names are never empty: ``""`` is a client's mistake, not a request for the default."""
+    Names are never empty: ``""`` is a client's mistake, not a request for the default.
+    Unknown keys are refused (a typo in a safety control must not fall back to the
+    default): the known keys are this model's fields, so a new field is known at once."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null")
 
     vector: Optional[str] = Field(None, description="vector name (default: the server's)",
                                   min_length=1, max_length=128, pattern=NAME_PATTERN)
@@ -64,6 +74,10 @@ class Steering(_Body):
     direction: Optional[str] = Field(None, min_length=1, max_length=64,
                                      pattern=r"^[A-Za-z0-9_-]+$",
                                      description="named direction in the vector file")
+
+
+# body fields whose objects refuse unknown keys, by field name (the errors list their keys)
+STRICT_OBJECTS: dict[str, type[BaseModel]] = {"steering": Steering}
 
 
 class StreamOptions(_Body):
@@ -77,7 +91,7 @@ class SamplingRequest(_Body):
     max_tokens: Optional[Int(ge=1)] = None
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, strict=True)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False, strict=True)
-    seed: Optional[Int()] = None
+    seed: Optional[Int(ge=SEED_MIN, le=SEED_MAX)] = None
     stop: Stop = None
     n: Optional[Int(ge=1, le=128)] = None
     stream: Optional[bool] = Field(False, strict=True)

@@ -234,3 +234,88 @@ def test_schema_states_vector_name_pattern_and_moderation_count(live):
     assert listed[0]["maxItems"] == rt.config.max_moderation_inputs
     too_many = {"input": ["hi"] * (rt.config.max_moderation_inputs + 1)}
     _error(client.post("/v1/moderations", json=too_many), 400, "input")
+
+
+# ------------------------------------------------------------------ issue 20: strict input
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize("steering,key", [
+    ({"mode": "always", "strenght": 4}, "strenght"),
+    ({"vector": "test-gate", "modes": "off"}, "modes"),
+    ({"Mode": "off"}, "Mode"),
+])
+def test_unknown_steering_key_is_a_400_naming_it(live, path, steering, key):
+    """A typo in a safety control is refused, not silently served with the default."""
+    body = {"model": MODEL, "max_tokens": 1, "steering": steering}
+    body.update({"messages": MSGS} if "chat" in path else {"prompt": "hi"})
+    err = _error(live[0].post(path, json=body), 400, f"steering.{key}")
+    assert err["code"] == "unknown_parameter" and key in err["message"]
+    assert "strength" in err["message"]  # the known keys are listed
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, 2 ** 70, -(2 ** 63) - 1, 2 ** 63, 2 ** 53])
+@pytest.mark.parametrize("stream", [False, True])
+def test_seed_outside_the_json_safe_range_is_a_400_naming_seed(live, seed, stream):
+    body = {"model": MODEL, "messages": MSGS, "max_tokens": 2, "seed": seed,
+            "temperature": 1, "stream": stream}
+    err = _error(live[0].post("/v1/chat/completions", json=body), 400, "seed")
+    assert err["code"] == "invalid_value"
+
+
+@pytest.mark.parametrize("seed", [2 ** 53 - 1, -(2 ** 53 - 1)])
+def test_extreme_seeds_serve_every_choice(live, seed):
+    """The largest and smallest seeds, with n=3 (choice k samples with seed + k)."""
+    body = {"model": MODEL, "messages": MSGS, "max_tokens": 2, "seed": seed,
+            "temperature": 1, "n": 3}
+    resp = live[0].post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["choices"]) == 3
+
+
+def test_lone_surrogate_in_a_message_name_is_a_400(live):
+    body = ('{"model": "%s", "messages": [{"role": "user", "name": "\\ud800x", '
+            '"content": "hi"}]}' % MODEL)
+    status, payload = _keepalive(live[2], "POST", "/v1/chat/completions", body)
+    err = payload["error"]
+    assert status == 400 and err["param"] == "messages.0.name", payload
+    assert err["code"] == "invalid_text"
+
+
+def test_lone_surrogate_in_a_stop_string_is_a_400(live):
+    body = '{"model": "%s", "prompt": "hi", "stop": ["ok", "\\udfff"]}' % MODEL
+    status, payload = _keepalive(live[2], "POST", "/v1/completions", body)
+    assert status == 400 and payload["error"]["param"] == "stop.1", payload
+    assert payload["error"]["code"] == "invalid_text"
+
+
+@pytest.mark.parametrize("raw", [b'{"model": "\xff\xfe", "prompt": "hi"}', b"\xc3\x28",
+                                 b'{"prompt": "\xed\xa0\x80"}'])
+def test_body_that_is_not_utf8_is_invalid_json(live, raw):
+    resp = live[0].post("/v1/completions", content=raw,
+                        headers={"content-type": "application/json"})
+    err = _error(resp, 400, "body")
+    assert err["code"] == "invalid_json" and "UTF-8" in err["message"]
+
+
+def test_malformed_json_names_the_body(live):
+    resp = live[0].post("/v1/completions", content=b'{"prompt": ',
+                        headers={"content-type": "application/json"})
+    err = _error(resp, 400, "body")
+    assert err["code"] == "invalid_json"
+
+
+def test_limits_checked_at_run_time_have_a_code(live):
+    client, rt = live[0], live[1]
+    n = min(rt.config.max_n, rt.config.max_batch) + 1
+    err = _error(client.post("/v1/chat/completions", json={"model": MODEL, "messages": MSGS,
+                                                           "n": n}), 400, "n")
+    assert err["code"] == "invalid_value"
+    too_many = {"input": ["hi"] * (rt.config.max_moderation_inputs + 1)}
+    err = _error(client.post("/v1/moderations", json=too_many), 400, "input")
+    assert err["code"] == "invalid_value"
+
+
+@pytest.mark.parametrize("stop,param", [([""], "stop.0"), (["ok", ""], "stop.1"), ("", "stop")])
+def test_empty_stop_string_is_refused(live, stop, param):
+    err = _error(live[0].post("/v1/completions", json={"model": MODEL, "prompt": "hi",
+                                                        "stop": stop}), 400, param)
+    assert err["code"] == "invalid_value"

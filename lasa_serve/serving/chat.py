@@ -55,6 +55,8 @@ def chat_prompt(rt: Runtime, req: ChatCompletionRequest) -> list[int]:
             content = "".join(parts)
         else:
             content = check_text(m.content or "", f"messages.{i}.content")
+        if m.name is not None:
+            check_text(m.name, f"messages.{i}.name")
         role = "system" if m.role == "developer" else m.role
         messages.append({"role": role, "content": content})
     try:

@@ -21,6 +21,7 @@ from ..runtime import Runtime
 from ..sampling import make_sampler
 from ..jobs import Job
 from .steering import resolve_steering
+from .text import check_text
 
 
 class Flavor(Protocol):
@@ -52,7 +53,7 @@ class Generation:
         self.n = req.n or 1
         if self.n > min(rt.config.max_n, rt.config.max_batch):
             raise APIError(400, f"n={self.n}: at most {min(rt.config.max_n, rt.config.max_batch)}"
-                           " choices per request", param="n")
+                           " choices per request", param="n", code="invalid_value")
         if len(prompts) * self.n > rt.config.max_batch:
             raise APIError(400, f"{len(prompts)} prompts x n={self.n} exceed the batch limit of "
                            f"{rt.config.max_batch} rows", param="prompt",
@@ -80,6 +81,8 @@ class Generation:
         self.temperature = 1.0 if req.temperature is None else req.temperature
         self.top_p = 1.0 if req.top_p is None else req.top_p
         self.stops = req.stops()
+        for k, stop in enumerate(self.stops):
+            check_text(stop, "stop" if isinstance(req.stop, str) else f"stop.{k}")
         self.jobs: list[Job] = []
         self._langs: dict[int, str | None] = {}  # prompt index -> identified language
 

@@ -36,10 +36,11 @@ async def moderate(rt: Runtime, req: ModerationRequest) -> ModerationResponse:
     """Validate the request, score its texts on the model worker, count the metrics."""
     inputs = [req.input] if isinstance(req.input, str) else list(req.input)
     if not inputs:
-        raise APIError(400, "input: give at least one text", param="input")
+        raise APIError(400, "input: give at least one text", param="input",
+                       code="invalid_value")
     if len(inputs) > rt.config.max_moderation_inputs:
         raise APIError(400, f"input: at most {rt.config.max_moderation_inputs} texts per "
-                       "request", param="input")
+                       "request", param="input", code="invalid_value")
     name = req.model if req.model and req.model != rt.model_name else rt.default_vector
     vector = rt.vectors.get(name) if name else None
     if vector is None:
