@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .errors import SteeringConfigError
 from .model.layers import LayerMap, find_layers
+from .model.placement import input_device
 from .prompts import Prompt, format_prompts
 from .steering.gate import GateDecision, decide, gate_point, lid_point, reads
 from .tensors import install_hook, left_pad, pool, position_ids
@@ -73,7 +74,7 @@ def capture(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt],
     """
     texts = format_prompts(tokenizer, prompts, chat, assistant_prefix)
     lm = layer_map or find_layers(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     if max_length:
         encoded = [e[-max_length:] for e in encoded]

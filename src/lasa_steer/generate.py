@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .model.placement import input_device
 from .prompts import Prompt, format_prompts
 
 
@@ -35,7 +36,7 @@ def generate_batch(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt],
     texts = format_prompts(tokenizer, list(prompts), chat)
     tokenizer.padding_side = "left"
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = enc["input_ids"].to(device)
     kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens,
                                   do_sample=sampling.do_sample,

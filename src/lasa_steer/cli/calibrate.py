@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 
 from ..types import ACTIONS
-from .common import MODEL_HELP, add_identify
+from .common import MODEL_HELP, add_identify, add_placement, load_placed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only add identification centroids (--identify) for languages the "
                         "gate lacks; its score, thresholds and centroids stay")
     p.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
+    add_placement(p)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=run)
 
@@ -63,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
     from ..fit.data import load_polyrefuse
     from ..fit.languages import (add_languages, calibrate_languages, check_identification,
                                  identification_texts)
-    from ..model.loading import load_model
     from ..vector.file import SteeringVector
 
     if args.threads:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise FitConfigError("--add-languages keeps the gate: drop --gate refit")
     t0 = time.perf_counter()
     vector = SteeringVector.load(args.vector)
-    model, tok = load_model(args.model)
+    model, tok = load_placed(args)
     vector.check_model(model)
     if args.add_languages:
         have = vector.gate.languages if vector.gate else ()

@@ -60,3 +60,74 @@ def add_identify(p: argparse.ArgumentParser) -> None:
                    help="parallel corpora (in --data-dir) whose languages without labelled "
                         "prompts get an identification centroid and the pooled threshold "
                         f"(default {default}; 'none' = only the labelled languages)")
+
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def device_map(text: str) -> str | dict:
+    """An argparse type: ``--device-map``'s accelerate strategy, one device, a JSON object
+    of module name to device (a GPU index, ``cpu`` or ``disk``), or a JSON file of one."""
+    import json
+    from pathlib import Path
+
+    value = text.strip()
+    if value in DEVICE_MAP_STRATEGIES:
+        return value
+    if value.startswith("{") or value.endswith(".json"):
+        try:
+            loaded = json.loads(value if value.startswith("{") else Path(value).read_text())
+        except (OSError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: not a readable JSON device map ({exc})")
+        if not isinstance(loaded, dict) or not loaded:
+            raise argparse.ArgumentTypeError(f"{text!r}: a device map is a non-empty JSON "
+                                             "object of module name to device")
+        return loaded
+    import torch
+
+    try:
+        torch.device(value)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use {', '.join(DEVICE_MAP_STRATEGIES)}, a device, or a JSON map")
+    return value
+
+
+def max_memory(text: str) -> dict:
+    """An argparse type: ``--max-memory 0=20GiB,cpu=60GiB`` (per device, for a device map)."""
+    out: dict = {}
+    for part in comma_list(str, "DEVICE=SIZE pairs")(text):
+        dev, sep, size = part.partition("=")
+        if not sep or not size.strip():
+            raise argparse.ArgumentTypeError(f"{text!r}: expected DEVICE=SIZE pairs, e.g. "
+                                             "0=20GiB,cpu=60GiB")
+        dev = dev.strip()
+        out[int(dev) if dev.isdigit() else dev] = size.strip()
+    return out
+
+
+def add_placement(p: argparse.ArgumentParser, dtype_default: str | None = None) -> None:
+    """Where and in which dtype the model is loaded (``lasa fit``/``layers``/``calibrate``);
+    a device map spreads a model larger than one device over GPUs, the CPU and disk."""
+    p.add_argument("--device", default=None,
+                   help="device for the whole model (default: cuda when present, else cpu)")
+    p.add_argument("--dtype", default=dtype_default,
+                   help="model dtype: float32, bfloat16 or float16 (default: "
+                        + (dtype_default or "float32 on the CPU, bf16/fp16 on CUDA") + ")")
+    p.add_argument("--device-map", type=device_map, default=None, metavar="MAP",
+                   help="let accelerate place the model: auto, balanced, sequential, a "
+                        "device, or a JSON object/file of module name to device (GPU index, "
+                        "cpu or disk); the model is never moved afterwards")
+    p.add_argument("--max-memory", type=max_memory, default=None, metavar="DEV=SIZE,...",
+                   help="memory per device for --device-map auto, e.g. 0=20GiB,cpu=60GiB")
+    p.add_argument("--offload-folder", default=None, metavar="DIR",
+                   help="folder for the weights a --device-map puts on 'disk'")
+
+
+def load_placed(args: argparse.Namespace):
+    """``load_model`` with the options of :func:`add_placement`."""
+    from ..model.loading import load_model
+
+    extra = {"max_memory": args.max_memory} if args.max_memory else {}
+    return load_model(args.model, dtype=args.dtype, device=args.device,
+                      device_map=args.device_map, offload_folder=args.offload_folder, **extra)

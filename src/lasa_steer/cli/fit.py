@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from .common import add_identify, add_model_and_data, comma_list
+from .common import add_identify, add_model_and_data, add_placement, comma_list, load_placed
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contrastive-per-language", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default=None,
-                   help="model dtype (default: float32 on the CPU, bf16/fp16 on CUDA)")
+    add_placement(p)
     p.add_argument("--capture-dtype", default="auto",
                    help="dtype of the activation captures: 'auto' (a bfloat16 copy of a "
                         "float32 model on a CPU with AMX, else the model), 'model', or a "
@@ -56,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     from ..fit.data import load_labelled, load_polyrefuse, split_examples
     from ..fit.languages import identification_texts
     from ..fit.pipeline import FitConfig, fit, write_report
-    from ..model.loading import load_model
 
     torch.manual_seed(args.seed)
     if args.threads:
@@ -77,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             train, val = split_examples(train, 0.2, args.seed)
             info = {"train": f"{args.data} (80%)", "val": f"{args.data} (seeded 20%)"}
-    model, tok = load_model(args.model, dtype=args.dtype)
+    model, tok = load_placed(args)
     cfg = FitConfig(layer=args.layer, band=args.band, refusal_layers=args.refusal_layers or None,
                     steer_layers=args.steer_layers or None, fpr=args.fpr,
                     strengths=tuple(args.strengths),

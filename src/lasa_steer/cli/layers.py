@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_and_data
+from .common import add_model_and_data, add_placement, load_placed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", default="layers",
                    help="output path stem: writes STEM.json and STEM.png (default 'layers')")
     p.add_argument("--batch-size", type=int, default=16)
+    add_placement(p, dtype_default="float32")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -38,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..fit.bottleneck import analyze_layers
     from ..fit.data import load_labelled, load_parallel, load_polyrefuse
-    from ..model.loading import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             harm = [e for e in harm if e.lang in langs] or harm
     elif args.harm != "none":
         harm = load_labelled(args.harm)
-    model, tok = load_model(args.model, dtype="float32")
+    model, tok = load_placed(args)
     report = analyze_layers(model, tok, [p for _, p in sets], harm, chat=args.chat, band=args.band,
                             batch_size=args.batch_size, progress=not args.no_progress,
                             model_name=Path(args.model).stem if args.model.endswith(".gguf")

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import FitConfigError
 from ..generate import generate
+from ..model.placement import input_device
 from ..prompts import format_prompts
 from ..steering.api import steer
 from ..tensors import position_ids
@@ -68,7 +69,7 @@ def next_token_logprobs(model: nn.Module, tokenizer: Any, prompts: Sequence[str]
     """Log-probabilities ``[N, V]`` of the first reply token (float32)."""
     texts = format_prompts(tokenizer, list(prompts))
     rows = []
-    device = next(model.parameters()).device
+    device = input_device(model)
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(device)

@@ -8,14 +8,22 @@ import torch
 from torch import nn
 
 from ..errors import FitConfigError
+from ..model.placement import is_dispatched
 
 
 def capture_model(model: nn.Module, spec: str = "auto") -> nn.Module:
     """The model captures run on: ``model`` itself or a copy in another dtype (see
-    ``FitConfig.capture_dtype``)."""
+    ``FitConfig.capture_dtype``). A dispatched model (``device_map``) is never copied or
+    moved: ``auto`` keeps it, and another dtype must be chosen when loading it."""
     param = next(model.parameters())
     if spec == "model":
         return model
+    if is_dispatched(model):
+        if spec in ("auto", str(param.dtype).removeprefix("torch.")):
+            return model
+        raise FitConfigError(f"capture_dtype={spec!r} on a model dispatched with a "
+                             "device_map: a copy would not fit; load it in that dtype "
+                             "(--dtype) and use capture_dtype='model'")
     if spec == "auto":
         amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
         small = sum(p.numel() for p in model.parameters()) <= 2_000_000_000

@@ -6,13 +6,17 @@ Two checks catch a vector used on the wrong model:
 * ``weight_stats`` holds standard deviations of strided samples of a few weight tensors.
   They survive dtype casts and quantisation noise (relative error < 1e-3) but differ between
   models of one architecture with other weights, so they are compared with a tolerance
-  instead of hashed.
+  instead of hashed. On a dispatched model (``device_map``) a weight offloaded to the CPU or
+  disk is read from accelerate's offload store, so the stats are those of the same values;
+  a weight that cannot be read at all (a ``meta`` tensor with no store) leaves the stats
+  empty, which skips that check with a logged reason rather than failing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,6 +24,9 @@ from torch import nn
 
 from ..errors import VectorMismatchError
 from .layers import LayerMap, find_layers, text_config
+from .placement import owned_weights, readable_weight
+
+log = logging.getLogger(__name__)
 
 _CONFIG_FIELDS = (
     "model_type",
@@ -53,16 +60,27 @@ def _strided_std(weight: torch.Tensor) -> float:
 
 
 def weight_stats(model: nn.Module, layer_map: LayerMap) -> list[float]:
-    """Std of strided samples of the input embedding and the first and last blocks."""
-    tensors: list[torch.Tensor] = []
+    """Std of strided samples of the input embedding and the first and last blocks
+    (offloaded weights read from their store; empty when one cannot be read)."""
+    picked: list[tuple[nn.Module, str]] = []
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if emb is not None and isinstance(getattr(emb, "weight", None), torch.Tensor):
-        tensors.append(emb.weight)
+        picked.append((emb, "weight"))
     for idx in (0, layer_map.num_layers - 1):
-        params = [p for p in layer_map.blocks[idx].parameters() if p.dim() == 2]
+        params = [(mod, name) for mod, name, p in owned_weights(layer_map.blocks[idx])
+                  if p.dim() == 2]
         if params:
-            tensors.append(params[0])
-    return [round(_strided_std(t), 8) for t in tensors]
+            picked.append(params[0])
+    stats = []
+    for mod, name in picked:
+        values = readable_weight(mod, name)
+        if values is None:
+            log.warning("weight stats skipped: %s.%s is on the meta device with no offload "
+                        "store to read it from; the vector check uses the config only",
+                        type(mod).__name__, name)
+            return []
+        stats.append(round(_strided_std(values), 8))
+    return stats
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 
 from .embedded import EMBEDDED, cache_root, convert_gguf, ensure_embedded, is_converted
 from ..errors import ModelLoadError
+from .placement import is_dispatched
 
 
 def default_device() -> str:
@@ -56,15 +57,28 @@ def resolve(name_or_path: str) -> tuple[str, str]:
 
 
 def load_model(name_or_path: str, dtype: torch.dtype | str | None = None,
-               device: str | None = None, **kwargs):
+               device: str | None = None, device_map: str | dict | None = None,
+               offload_folder: str | os.PathLike[str] | None = None, **kwargs):
     """Load ``(model, tokenizer)`` for steering; eval mode, on ``device``.
 
     ``device`` defaults to CUDA when present, else CPU; ``dtype`` to bfloat16/float16 on
-    CUDA and float32 on the CPU. Extra keyword arguments go to ``from_pretrained``.
+    CUDA and float32 on the CPU. ``device_map`` (``"auto"``, ``"balanced"``,
+    ``"sequential"`` or a dict of module name to device, ``"cpu"`` or ``"disk"``) lets
+    Hugging Face/accelerate place a model larger than one device across GPUs, the CPU and
+    ``offload_folder``; the model is then left where it was dispatched (never ``.to()``),
+    and ``device`` only picks the default dtype. Extra keyword arguments (``max_memory``,
+    ``revision``, ``token``...) go to ``from_pretrained``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = device or default_device()
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
+    elif offload_folder is not None:
+        raise ModelLoadError("offload_folder needs a device_map (e.g. 'auto', or one that "
+                             "puts some blocks on 'disk')")
     source, display = resolve(name_or_path)
     tried = [f"from_pretrained({source!r})"]
     local = Path(source).exists()
@@ -78,11 +92,15 @@ def load_model(name_or_path: str, dtype: torch.dtype | str | None = None,
         hint = ("the folder exists but is not a loadable model (needs config.json and weights)"
                 if local else "not a local path; as a hub id it could not be fetched (no "
                 "network, a typo, or a gated model needing a token)")
+        if device_map is not None and ("offload" in str(exc) or "device" in str(exc)):
+            hint = (f"device_map={device_map!r} could not be applied (blocks placed on "
+                    "'disk' need offload_folder; accelerate must be installed)")
         raise ModelLoadError(
             f"cannot load model {name_or_path!r}: {hint}. Tried: {'; '.join(tried)}. "
             f"Error: {exc}. Give a local folder, a .gguf file, a reachable hub id, or "
             f"one of the embedded names {sorted(EMBEDDED)}") from exc
-    model.to(dev)
+    if not is_dispatched(model):
+        model.to(dev)
     model.eval()
     model.lasa_model_name = display  # type: ignore[attr-defined]
     # steer() writes refusal openers with it when no tokenizer is passed
