@@ -10,6 +10,7 @@ copy in the venv comes first on ``sys.path``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -78,6 +79,8 @@ def test_wheel_carries_the_shipped_vector_found_by_name(installed, tmp_path):
     assert (package / "vectors" / "README.md").is_file()
     info = _run([venv / "bin" / "lasa", "info", NAME], tmp_path, env)
     assert info.splitlines()[0] == f"vector       {found[1]}"
+    listed = json.loads(_run([venv / "bin" / "lasa", "data", "list", "--json"], tmp_path, env))
+    assert {"polyrefuse", "ntrex128", "safety_mix"} <= {d["name"] for d in listed["datasets"]}
 
 
 @pytest.mark.slow

@@ -67,23 +67,60 @@ def lang_code(code: str) -> str:
                     f"({', '.join(f'{a}={c}' for a, c in sorted(_ALIASES.items()))})")
 
 
+# the data folder beside a source checkout (the repository's ../shared/data)
+CHECKOUT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+def _roots(path: str | os.PathLike[str] | None) -> tuple[list[Path], bool]:
+    """Where data is looked for, and whether that place was given explicitly."""
+    if path:
+        return [Path(path)], True
+    if os.environ.get("LASA_DATA"):
+        return [Path(os.environ["LASA_DATA"])], True
+    from .datasets.manifest import cache_data_dir
+
+    return [cache_data_dir(), Path.cwd() / ".." / "shared" / "data", CHECKOUT_DATA], False
+
+
 def default_data_dir(path: str | os.PathLike[str] | None = None, required: bool = True
                      ) -> Path | None:
-    """The shared data folder: ``path``, else ``$LASA_DATA``, else ``../shared/data``
-    relative to the working directory or to the repository (a source checkout)."""
-    candidates = [Path(path)] if path else []
-    if not path and os.environ.get("LASA_DATA"):
-        candidates.append(Path(os.environ["LASA_DATA"]))
-    if not path:
-        candidates += [Path.cwd() / ".." / "shared" / "data",
-                       Path(__file__).resolve().parents[2] / ".." / "shared" / "data"]
+    """The data folder: ``path``, else ``$LASA_DATA``, else ``$LASA_CACHE/data`` (what
+    ``lasa data fetch`` fills), else ``../shared/data`` relative to the working directory
+    or to the repository (a source checkout)."""
+    candidates, _ = _roots(path)
     for c in candidates:
         if c.is_dir():
             return c.resolve()
     if required:
         raise DataError(f"data folder not found (tried {[str(c) for c in candidates]}); "
+                        "fetch the fit data with `lasa data fetch` (see `lasa data list`), "
                         "pass a path or set LASA_DATA")
     return None
+
+
+def data_folder(name: str, path: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of data set ``name`` (``polyrefuse``, ``ntrex128``, ... as in ``lasa data
+    list``; or a plain folder name such as ``multijail``) in the first data root that holds
+    it: ``path`` or ``$LASA_DATA`` when given, else ``$LASA_CACHE/data`` (where all of
+    its files must be: a fetch cut short does not count) and ``../shared/data``. Raise
+    :class:`DataError` naming the command that fetches it when none does."""
+    from .datasets.manifest import cache_data_dir, dataset
+
+    ds = dataset(name)
+    sub = ds.dir if ds else name
+    candidates, explicit = _roots(path)
+    for root in candidates:
+        folder = root / sub
+        if folder.is_dir() and (explicit or ds is None or all(
+                ds.destination(root, f).is_file() for f in ds.files)):
+            return folder.resolve()
+    tried = ", ".join(str(c / sub) for c in candidates)
+    if ds is None:
+        raise DataError(f"data set {name!r} not found (tried {tried}); it is not in `lasa "
+                        "data list`: pass its folder or set LASA_DATA")
+    hint = "" if explicit else ", or pass --data-dir / set LASA_DATA to a folder " \
+        f"holding {sub}/"
+    raise DataError(f"{ds.missing_message(cache_data_dir())} (tried {tried}){hint}")
 
 
 def read_json(path: Path) -> object:

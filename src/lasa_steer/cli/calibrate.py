@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 
 from ..types import ACTIONS
-from .common import MODEL_HELP, add_identify, add_placement, load_placed
+from .common import DATA_DIR_HELP, MODEL_HELP, add_identify, add_placement, load_placed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--add-languages", action="store_true",
                    help="only add identification centroids (--identify) for languages the "
                         "gate lacks; its score, thresholds and centroids stay")
-    p.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     add_placement(p)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=run)

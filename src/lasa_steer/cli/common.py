@@ -10,6 +10,8 @@ from ..fit.bottleneck import DEFAULT_BAND
 from ..fit.languages import IDENTIFY_SOURCES
 
 MODEL_HELP = "model name, folder, hub id or .gguf file"
+DATA_DIR_HELP = ("data root (default: $LASA_CACHE/data, filled by `lasa data fetch`, else "
+                 "../shared/data of a checkout; each data set from the first that holds it)")
 
 
 def comma_list(kind: Callable[[str], object], what: str) -> Callable[[str], list]:
@@ -33,7 +35,7 @@ def band(text: str) -> tuple[float, float]:
 def add_model_and_data(p: argparse.ArgumentParser, band_help: str | None = None) -> None:
     """The positional model, the shared data folder and the bottleneck's depth band."""
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--band", type=band, default=DEFAULT_BAND, metavar="LOW,HIGH",
                    help=band_help or f"depth band for the bottleneck, as fractions (default "
                    f"{DEFAULT_BAND[0]},{DEFAULT_BAND[1]})")

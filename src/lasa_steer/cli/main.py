@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from .. import __version__
 from ..errors import LasaError
 
-COMMANDS = ("calibrate", "eval", "export_gguf", "fit", "import_gguf", "info", "layers",
+COMMANDS = ("calibrate", "data", "eval", "export_gguf", "fit", "import_gguf", "info", "layers",
             "vllm_args")
 
 

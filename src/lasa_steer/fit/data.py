@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..datafiles import (MULTIJAIL_META, default_data_dir, lang_code, read_csv,
-                         read_instructions, read_language_columns)
+from ..datafiles import (MULTIJAIL_META, data_folder, default_data_dir,  # noqa: F401
+                         lang_code, read_csv, read_instructions, read_language_columns)
 from ..errors import DataError
 from ..types import HARMFUL, HARMLESS
 
@@ -72,8 +72,7 @@ def polyrefuse_langs(root: str | os.PathLike[str] | None = None) -> list[str]:
 def _polyrefuse_root(root: str | os.PathLike[str] | None) -> Path:
     if root is not None and Path(root).is_dir() and not (Path(root) / "polyrefuse").is_dir():
         return Path(root)
-    base = default_data_dir(root)
-    return base / "polyrefuse"
+    return data_folder("polyrefuse", root)
 
 
 def polyrefuse_file(root: Path, kind: str, split: str, lang: str) -> Path:
@@ -115,7 +114,7 @@ def _columns(path: Path, skip: tuple[str, ...], source: str) -> Parallel:
 def load_multijail(path: str | os.PathLike[str] | None = None) -> Parallel:
     """MultiJail CSV: columns ``id,source,tags`` then one column per language (harmful)."""
     p = Path(path) if path and Path(path).is_file() else \
-        default_data_dir(path) / "multijail" / "MultiJail_dev.csv"
+        data_folder("multijail", path) / "MultiJail_dev.csv"
     return _columns(p, MULTIJAIL_META, "multijail")
 
 
@@ -124,7 +123,7 @@ def load_ntrex(root: str | os.PathLike[str] | None = None) -> Parallel:
     line-aligned. The English source is used for ``en`` (the ``eng-US`` reference is a
     second English version and is skipped)."""
     folder = Path(root) if root and list(Path(root).glob("newstest2019-*.txt")) else \
-        default_data_dir(root) / "parallel" / "ntrex128"
+        data_folder("ntrex128", root)
     sentences: dict[str, list[str]] = {}
     files = sorted(folder.glob("newstest2019-*.txt"))
     if not files:
@@ -149,7 +148,7 @@ def load_ntrex(root: str | os.PathLike[str] | None = None) -> Parallel:
 def load_nusax(path: str | os.PathLike[str] | None = None, split: str = "test") -> Parallel:
     """NusaX-MT CSV: an index column then one column per language name."""
     p = Path(path) if path and Path(path).is_file() else \
-        default_data_dir(path) / "parallel" / "nusax_mt" / f"{split}.csv"
+        data_folder("nusax_mt", path) / f"{split}.csv"
     return _columns(p, (), "nusax")
 
 

@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from typing import Sequence
 
-from ..datafiles import default_data_dir, read_instructions
+from ..datafiles import data_folder, read_instructions
 from ..types import HARMLESS
 from .data import Example
 
@@ -55,7 +55,7 @@ def refusal_direction_hard_negatives(data_dir: str | os.PathLike[str] | None = N
                                      limit: int = 400) -> list[Example]:
     """Hard negatives (English, harmless) from the refusal_direction *train* splits: its
     harmless pool ranked by the vocabulary of its harmful prompts."""
-    root = default_data_dir(data_dir) / "refusal_direction"  # type: ignore[operator]
+    root = data_folder("refusal_direction", data_dir)
     harmful = read_instructions(root / "harmful_train.json")
     harmless = read_instructions(root / "harmless_train.json")
     return [Example(t, HARMLESS, "en", None) for t in hard_negatives(harmful, harmless, limit)]

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from ..capture import capture, gate_decisions
-from ..datafiles import default_data_dir
 from ..errors import DataError, FitConfigError
 from ..model.layers import find_layers
 from ..steering.gate import LID_POOLING, identify
@@ -59,13 +58,10 @@ def identification_texts(have: Collection[str], data_dir: str | None = None,
     """Harmless sentences of each language of ``sources`` not in ``have``: ``per_language``
     to build its centroid and ``check`` others to measure identification. Empty when the
     data folder has none of them (the fit then identifies its own languages only)."""
-    root = default_data_dir(data_dir, required=False)
     pools: dict[str, list[str]] = {}
     for src in sources:
-        if root is None:
-            break
         try:
-            par = load_ntrex(root) if src == "ntrex" else load_nusax(root)
+            par = load_ntrex(data_dir) if src == "ntrex" else load_nusax(data_dir)
         except (DataError, OSError):
             continue  # that corpus is not in the data folder
         keep = par.langs if src == "ntrex" else [x for x in NUSAX_LANGUAGES if x in par.langs]
