@@ -64,6 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tokens one model step may run: decode rows plus prompt prefill; "
                    "longer prompts are prefilled in chunks between decode steps (default 2048; "
                    "vLLM: max_num_batched_tokens, at least the context: no chunks)")
+    p.add_argument("--kv-budget", type=_bytes, default=None, metavar="SIZE",
+                   help="KV-cache bytes the running requests may reserve (e.g. 8GiB); each "
+                   "row reserves (prompt + max_tokens) tokens, a request waits while it does "
+                   "not fit and is a 400 when it never can (default: 90%% of free CUDA "
+                   "memory, or half the available host memory; HF engine only)")
     p.add_argument("--max-moderation-inputs", type=int, default=64,
                    help="most texts in one /v1/moderations request (default 64)")
     p.add_argument("--default-max-tokens", type=int, default=512,
@@ -91,10 +96,19 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch=args.max_batch, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
         max_model_len=args.max_model_len, default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
-        max_batch_tokens=args.max_batch_tokens,
+        max_batch_tokens=args.max_batch_tokens, kv_budget=args.kv_budget,
         max_moderation_inputs=args.max_moderation_inputs,
         dtype=args.dtype, device=args.device, threads=args.threads, engine=args.engine,
         allow_unsteered=args.allow_unsteered)
+
+
+def _bytes(text: str) -> int:
+    from .budget import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -75,3 +75,13 @@ def select(cache: DynamicCache, mask: torch.Tensor, index: list[int]
         layer.keys = layer.keys.index_select(0, idx.to(layer.keys.device))[..., lead:, :]
         layer.values = layer.values.index_select(0, idx.to(layer.values.device))[..., lead:, :]
     return cache, mask[:, lead:]
+
+
+def crop(cache: DynamicCache, width: int) -> DynamicCache:
+    """Cut every layer back to ``width`` positions: undoes a step that failed part way (its
+    first blocks had appended their new keys and values, the later ones had not)."""
+    for layer in _layers(cache):
+        if layer.keys.shape[-2] > width:
+            layer.keys = layer.keys[..., :width, :]
+            layer.values = layer.values[..., :width, :]
+    return cache

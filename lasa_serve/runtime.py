@@ -61,6 +61,7 @@ class ServerConfig:
     max_batch: int = 32
     max_n: int = 16
     max_batch_tokens: int = 2048  # tokens one worker iteration runs (decode rows + prefill)
+    kv_budget: int | None = None  # KV-cache bytes (HF engine); None: from free memory
     max_prompt_tokens: int | None = None  # None: the context less one token
     max_body_bytes: int = 1 << 20
     max_model_len: int | None = None
@@ -85,7 +86,8 @@ def start_hf(config: ServerConfig, metrics: Metrics, model: Any = None,
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
     engine = SteeringEngine(model)
     scheduler = Scheduler(model, tokenizer, engine, metrics, max_batch=config.max_batch,
-                          max_batch_tokens=config.max_batch_tokens)
+                          max_batch_tokens=config.max_batch_tokens,
+                          kv_budget=config.kv_budget)
 
     def close() -> None:
         scheduler.close()

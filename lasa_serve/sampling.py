@@ -57,13 +57,18 @@ def make_sampler(temperature: float, top_p: float, seed: int | None) -> Sampler:
 
 
 def pick_all(samplers: list[Sampler], logits: torch.Tensor) -> list[int]:
-    """Tokens for every row of ``logits [B, V]``; greedy rows share one argmax."""
-    logits = logits.float().cpu()
+    """Tokens for every row of ``logits [B, V]``. The greedy argmax runs where the logits
+    are (the model's device), so only ``B`` token ids reach the CPU; a sampled row's own
+    ``[V]`` logits go to the CPU, where its seeded generator draws (the same draw alone or
+    batched, on any device)."""
     greedy = torch.argmax(logits, dim=-1).tolist()
     out = []
     for i, s in enumerate(samplers):
+        if s.greedy:
+            out.append(greedy[i])
+            continue
         try:
-            out.append(greedy[i] if s.greedy else s.pick(logits[i]))
+            out.append(s.pick(logits[i].float().cpu()))
         except RuntimeError:  # one row's odd settings must not fail its neighbours
             out.append(greedy[i])
     return out

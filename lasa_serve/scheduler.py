@@ -10,6 +10,9 @@ for every running row, each row with its own steering (a :class:`~lasa_steer.Bat
 row), and (5) drops finished rows. Requests therefore share forward passes whatever their
 vectors, strengths or modes, a request's greedy output does not depend on its neighbours,
 and a long prompt delays the running streams by one chunk per token, not by its prefill.
+Admission also keeps the running rows' worst-case KV cache within a byte budget
+(:mod:`lasa_serve.budget`), and a step that runs out of memory fails the newest request
+alone: the cache is cut back and the others go on.
 
 Results go back to the web side through each job's ``emit`` callback (thread-safe), one
 call per iteration with a list of events.
@@ -30,10 +33,12 @@ from transformers import DynamicCache
 
 from lasa_steer import BatchState, SteeringEngine, SteeringVector
 from lasa_steer.capture import gate_decisions
+from lasa_steer.model.placement import input_device
 
 from .backend import GateReadings
 
 from . import kv
+from .budget import KVBudget
 from .jobs import Event, Job, Row
 from .metrics import Metrics
 from .prefill import MIN_CHUNK, Prefill, eos_ids, fail_jobs
@@ -53,18 +58,31 @@ def gate_readings(model: torch.nn.Module, tok: Any, vector: SteeringVector,
                         list(d.langs) or [None] * len(texts))
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (CUDA's OutOfMemoryError, or the CPU
+    allocator's RuntimeError)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text
+                                               or "can't allocate memory" in text)
+
+
 class Scheduler:
     """Owns ``model`` (and its :class:`SteeringEngine`) on a background thread."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, engine: SteeringEngine,
-                 metrics: Metrics, max_batch: int = 32, max_batch_tokens: int = 2048):
+                 metrics: Metrics, max_batch: int = 32, max_batch_tokens: int = 2048,
+                 kv_budget: int | None = None):
         self.model = model
         self.tok = tokenizer
         self.engine = engine
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_batch_tokens = max_batch_tokens
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
+        self.budget = KVBudget.for_model(model, kv_budget)
+        log.info("HF engine: %s", self.budget.describe())
         self.eos = eos_ids(model, tokenizer)
         # transformers >= 5.24 names the KV-cache argument ``cache``; earlier ones
         # ``past_key_values`` (an unknown keyword would be swallowed by **kwargs).
@@ -83,7 +101,15 @@ class Scheduler:
         self._thread.start()
 
     # ------------------------------------------------------------------ public (any thread)
+    def kv_refusal(self, prompt_tokens: int, max_tokens: int, rows: int) -> str | None:
+        """Why a request could never be admitted under the KV budget (None: it can)."""
+        return self.budget.refusal(prompt_tokens, max_tokens, rows)
+
     def submit(self, job: Job) -> None:
+        why = self.kv_refusal(len(job.prompt_ids), job.max_tokens, job.n)
+        if why is not None:  # the web side checks first; this guards other callers
+            job.emit([{"type": "error", "status": 400, "message": why}])
+            return
         with self._cv:
             self._waiting.append(job)
             self._cv.notify()
@@ -151,6 +177,7 @@ class Scheduler:
         out: list[Job] = []
         rows = len(self._rows) + (self._partial.rows if self._partial else 0)
         budget = max(self.max_batch_tokens - len(self._rows), MIN_CHUNK)
+        reserved = self._reserved()
         while self._waiting:
             job = self._waiting[0]
             if job.cancelled.is_set():
@@ -159,6 +186,10 @@ class Scheduler:
             size = len(job.prompt_ids)
             if rows + job.n > self.max_batch and (out or rows):
                 break
+            cost = job.n * self.budget.row_cost(size, job.max_tokens)
+            if reserved + cost > self.budget.limit and (out or rows):
+                break  # waits for running rows to finish (submit refused any that never fit)
+            reserved += cost
             if size > budget:
                 if out or self._partial is not None:
                     break
@@ -168,6 +199,12 @@ class Scheduler:
             rows += job.n
             budget -= size
         return out, None, budget
+
+    def _reserved(self) -> int:
+        """KV bytes reserved by the running rows and the prompt being prefilled in chunks."""
+        rows = [(r.job, 1) for r in self._rows if not r.done]
+        rows += [(j, j.n) for j in (self._partial.jobs if self._partial else [])]
+        return sum(k * self.budget.row_cost(len(j.prompt_ids), j.max_tokens) for j, k in rows)
 
     def _run_task(self, fn: Callable[[], Any], fut: cf.Future) -> None:
         if not fut.set_running_or_notify_cancel():
@@ -230,9 +267,15 @@ class Scheduler:
         pos = self._mask.sum(-1, keepdim=True)  # the next position of every row
         mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
         self.engine.use(self._state)
-        with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                             use_cache=True, **{self._cache_kw: self._cache})
+        try:
+            with torch.inference_mode():
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                 use_cache=True, **{self._cache_kw: self._cache})
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            self._shed(exc)
+            return
         self._mask = mask
         self.metrics.batch(len(rows))
         self._advance(rows, out.logits[:, -1, :])
@@ -289,6 +332,24 @@ class Scheduler:
         self._cache, self._mask = kv.select(self._cache, self._mask, keep)
         self._state = self._state.select(keep)
         self.engine.use(self._state)
+
+    def _shed(self, exc: BaseException) -> None:
+        """A decode step ran out of memory: undo its partial cache writes and fail the
+        newest request alone (its rows are the last to join); the others retry next step."""
+        assert self._cache is not None and self._mask is not None
+        kv.crop(self._cache, self._mask.shape[1])
+        victim = self._rows[-1].job
+        log.warning("decode step out of memory (%d rows); failing request %s alone",
+                    len(self._rows), victim.id)
+        for r in self._rows:
+            if r.job is victim and not r.done:
+                r.done = True
+        victim.emit([{"type": "error", "status": 503,
+                      "message": "the server ran out of memory for this request; retry "
+                                 "later or with fewer max_tokens"}])
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._drop()
 
     def _fail_all(self, exc: Exception) -> None:
         jobs = {id(r.job): r.job for r in self._rows if not r.done}

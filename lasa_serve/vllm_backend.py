@@ -69,6 +69,9 @@ def refused_flags(config: Any) -> list[str]:
     if config.threads is not None:
         out.append("--threads: vLLM's CPU worker sets its threads from "
                    "VLLM_CPU_OMP_THREADS_BIND (e.g. '0' for one core)")
+    if getattr(config, "kv_budget", None) is not None:
+        out.append("--kv-budget: vLLM sizes its KV cache itself (gpu_memory_utilization; "
+                   "VLLM_CPU_KVCACHE_SPACE on the CPU)")
     return out
 
 

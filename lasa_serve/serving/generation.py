@@ -77,6 +77,10 @@ class Generation:
             if rt.config.max_tokens_limit:
                 want = min(want, rt.config.max_tokens_limit)
             self.max_tokens.append(min(want, room))
+            why = getattr(rt.backend, "kv_refusal", lambda *a: None)(
+                len(ids), self.max_tokens[-1], self.n)
+            if why is not None:
+                raise APIError(400, why, param="max_tokens", code="kv_budget_exceeded")
         self.prompts = prompts
         self.temperature = 1.0 if req.temperature is None else req.temperature
         self.top_p = 1.0 if req.top_p is None else req.top_p
