@@ -42,6 +42,10 @@ class Backend(Protocol):
     def load(self) -> dict[str, int]:
         """``running`` and ``waiting`` counts for ``/health``."""
 
+    def alive(self) -> bool:
+        """Whether the engine can still generate (False: ``/health`` fails, the server
+        exits)."""
+
     def close(self) -> None: ...
 
 

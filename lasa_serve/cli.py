@@ -75,6 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="max_tokens when a request gives none (default 512)")
     p.add_argument("--max-tokens-limit", type=int, default=None,
                    help="cap every request's max_tokens at this (default: the context)")
+    p.add_argument("--kv-space", type=float, default=None, metavar="GIB",
+                   help="vLLM: KV cache memory in GiB (kv_cache_memory_bytes; wins over "
+                   "VLLM_CPU_KVCACHE_SPACE). Default on the CPU: VLLM_CPU_KVCACHE_SPACE if set, "
+                   "else --max-batch x context x the model's KV bytes per token, at most 4 GiB "
+                   "and a quarter of the machine's memory; on a GPU: vLLM's own")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default auto)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1 (default: cuda if present; refused with vLLM)")
@@ -99,7 +104,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch_tokens=args.max_batch_tokens, kv_budget=args.kv_budget,
         max_moderation_inputs=args.max_moderation_inputs,
         dtype=args.dtype, device=args.device, threads=args.threads, engine=args.engine,
-        allow_unsteered=args.allow_unsteered)
+        allow_unsteered=args.allow_unsteered, kv_space=args.kv_space)
+
+
+ENGINE_DEAD_EXIT = 3  # the exit status when the engine died (a supervisor restarts)
 
 
 def _bytes(text: str) -> int:
@@ -112,8 +120,7 @@ def _bytes(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from .lifecycle import ServerProcess
     from .routes import create_app
     from .runtime import Runtime
 
@@ -124,9 +131,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("lasa.server").info("listening on http://%s:%d (OpenAI base URL "
                                           "http://%s:%d/v1)", args.host, args.port,
                                           args.host, args.port)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    timeout_graceful_shutdown=5)
-    finally:
-        runtime.close()
-    return 0
+    server = ServerProcess(app, runtime, host=args.host, port=args.port,
+                           log_level=args.log_level)
+    server.run()
+    return ENGINE_DEAD_EXIT if server.engine_died else 0

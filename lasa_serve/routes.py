@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lasa_steer import LasaError
@@ -51,10 +51,12 @@ def create_app(rt: Runtime) -> FastAPI:
 
 def _info_routes(app: FastAPI, rt: Runtime) -> None:
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": rt.model_name,
+    async def health() -> Any:
+        alive = rt.backend.alive()
+        body = {"status": "ok" if alive else "engine_dead", "model": rt.model_name,
                 "steering": "on" if rt.steering_on else "off",
                 "default_vector": rt.default_vector, **rt.backend.load()}
+        return body if alive else JSONResponse(body, status_code=503)
 
     # load balancers probe with HEAD (outside the schema: one operation per path and name)
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)

@@ -74,6 +74,7 @@ class ServerConfig:
     engine: str = "hf"  # or "vllm" (lasa_serve.vllm_backend)
     # serve without steering when no vector fits the model (default: refuse to start)
     allow_unsteered: bool = False
+    kv_space: float | None = None  # vLLM's KV cache in GiB (None: lasa_serve.kv_space)
 
 
 def start_hf(config: ServerConfig, metrics: Metrics, model: Any = None,

@@ -127,6 +127,10 @@ class Scheduler:
         """:func:`gate_readings` of ``texts``, on the worker thread (it owns the model)."""
         return self.call(lambda: gate_readings(self.model, self.tok, vector, texts))
 
+    def alive(self) -> bool:
+        """The model-worker thread runs (it ends only on close)."""
+        return self._thread.is_alive()
+
     def load(self) -> dict[str, int]:
         with self._cv:
             return {"running": len(self._rows), "waiting": len(self._waiting)}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import logging
+import os
 import re
 import threading
 import time
@@ -35,6 +36,7 @@ from lasa_steer.engines.vllm.checks import problems
 from lasa_steer.model.loading import resolve
 from lasa_steer.prompts import format_prompt
 
+from . import kv_space
 from .backend import GateReadings, Served
 from .jobs import Event, Job
 from .metrics import Metrics
@@ -98,8 +100,18 @@ def start_vllm(config: Any, metrics: Metrics) -> Served:
     model_view = SimpleNamespace(config=hf_config, generation_config=generation)
     context = int(getattr(hf_config, "max_position_embeddings", None) or 2048)
     max_len = min(context, config.max_model_len) if config.max_model_len else context
-    backend = VllmBackend(_engine_args(config, source, max_len), tok, eos_ids(model_view, tok),
-                          metrics)
+    args = _engine_args(config, source, max_len)
+    from vllm.platforms import current_platform
+
+    kv = kv_space.choose(config.kv_space, current_platform.is_cpu(), hf_config, args["dtype"],
+                         config.max_batch, max_len)
+    if kv.drop_env:
+        log.warning("--kv-space wins over %s=%s", kv_space.ENV, os.environ[kv_space.ENV])
+        os.environ.pop(kv_space.ENV, None)
+    if kv.bytes is not None:
+        args["kv_cache_memory_bytes"] = kv.bytes
+    log.info("vLLM KV cache: %s", kv.source)
+    backend = VllmBackend(args, tok, eos_ids(model_view, tok), metrics)
     try:
         refuse_unsteerable(backend.engine.vllm_config, vllm.__version__)
     except BaseException:
@@ -209,6 +221,11 @@ class VllmBackend:
 
     def load(self) -> dict[str, int]:
         return {"running": self._running, "waiting": self._waiting}
+
+    def alive(self) -> bool:
+        """vLLM marks the engine dead as soon as its core process exits (a monitor thread
+        watches the process)."""
+        return self._thread.is_alive() and not self.engine.errored
 
     def close(self) -> None:
         try:
@@ -365,9 +382,13 @@ class VllmBackend:
 def _error_event(exc: BaseException) -> Event:
     """A failed request's event: vLLM's validation errors are the client's (400)."""
     from vllm.exceptions import VLLMValidationError
+    from vllm.v1.engine.exceptions import EngineDeadError
 
     if isinstance(exc, VLLMValidationError):
         return {"type": "error", "status": 400, "message": str(exc)}
+    if isinstance(exc, EngineDeadError):
+        return {"type": "error", "status": 503, "code": "engine_dead",
+                "message": "the vLLM engine died; this server is shutting down"}
     return {"type": "error", "status": 500,
             "message": f"generation failed: {type(exc).__name__}"}
 

@@ -77,3 +77,34 @@ def test_engine_args_turn_cuda_graphs_off():
     from lasa_steer.engines.vllm import ENGINE_KWARGS
 
     assert ENGINE_KWARGS["compilation_config"] == {"cudagraph_mode": "NONE"}
+
+
+def test_kv_space_is_bounded_by_default():
+    """vLLM's CPU default took 19.8 of 23.5 GiB (issue 20); lasa serve's is --max-batch full
+    contexts of the model's KV bytes, at most 4 GiB and a quarter of memory, at least one
+    context; --kv-space wins over VLLM_CPU_KVCACHE_SPACE, which wins over the default."""
+    from types import SimpleNamespace as NS
+
+    from lasa_serve.kv_space import GIB, bytes_per_token, choose
+
+    smol = NS(num_attention_heads=9, num_key_value_heads=3, hidden_size=576,
+              num_hidden_layers=30)  # SmolLM2-135M
+    assert bytes_per_token(smol, "float32") == 2 * 30 * 3 * 64 * 4
+    assert bytes_per_token(smol, "bfloat16") == 2 * 30 * 3 * 64 * 2
+    big = choose(None, True, smol, "float32", 32, 8192, env={}, total_memory=24 * GIB)
+    assert big.bytes == 4 * GIB and big.source.startswith("4.00 GiB")
+    assert choose(None, True, smol, "float32", 32, 8192, env={},
+                  total_memory=8 * GIB).bytes == 2 * GIB  # a quarter of an 8 GiB machine
+    small = choose(None, True, smol, "float32", 2, 512, env={}, total_memory=24 * GIB)
+    assert small.bytes == 2 * 512 * 46080
+    assert choose(None, True, smol, "float32", 1, 8192, env={},
+                  total_memory=GIB).bytes == 8192 * 46080  # one context at least
+    env = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+    assert choose(None, True, smol, "float32", 32, 8192, env=env).bytes is None
+    flag = choose(1.5, True, smol, "float32", 32, 8192, env=env)
+    assert flag.bytes == int(1.5 * GIB) and flag.drop_env
+    assert choose(None, False, smol, "float32", 32, 8192, env={}).bytes is None  # GPU
+    from lasa_steer import LasaError
+
+    with pytest.raises(LasaError, match="--kv-space"):
+        choose(0, True, smol, "float32", 32, 8192, env={})

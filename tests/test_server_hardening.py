@@ -319,3 +319,39 @@ def test_empty_stop_string_is_refused(live, stop, param):
     err = _error(live[0].post("/v1/completions", json={"model": MODEL, "prompt": "hi",
                                                         "stop": stop}), 400, param)
     assert err["code"] == "invalid_value"
+
+
+# ------------------------------------------------------------------ issue 20: lifecycle
+def test_abandoned_non_streamed_request_frees_its_row(live):
+    """The client leaves a 300-token request while its tokens flow: the row is dropped
+    within about a second (the disconnect is polled while events arrive, not only when
+    they stop)."""
+    import socket
+    import time
+
+    client, rt, port = live
+    body = json.dumps({"model": MODEL, "messages": MSGS, "max_tokens": 300,
+                       "temperature": 0}).encode()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: " + str(len(body)).encode()
+                  + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 30
+        while client.get("/health").json()["running"] == 0:
+            assert time.monotonic() < deadline, "the request never ran"
+            time.sleep(0.05)
+        time.sleep(1.0)
+    left = time.monotonic()
+    while client.get("/health").json()["running"] and time.monotonic() - left < 10:
+        time.sleep(0.05)
+    assert client.get("/health").json()["running"] == 0
+    assert time.monotonic() - left < 1.5
+
+
+def test_dead_engine_fails_health(live, monkeypatch):
+    client, rt, _ = live
+    assert client.get("/health").json()["status"] == "ok"
+    monkeypatch.setattr(rt.backend, "alive", lambda: False)
+    resp = client.get("/health")
+    assert resp.status_code == 503 and resp.json()["status"] == "engine_dead"
+    assert client.head("/health").status_code == 503

@@ -23,6 +23,8 @@ from ..jobs import Job
 from .steering import resolve_steering
 from .text import check_text
 
+DISCONNECT_POLL = 0.25  # seconds between checks that the client is still there
+
 
 class Flavor(Protocol):
     """What differs between chat and text completions: names and choice shapes
@@ -120,14 +122,19 @@ class Generation:
 
         self._submit(emit)
         open_jobs = len(self.jobs)
+        checked = time.monotonic()
         try:
             while open_jobs:
                 try:
-                    p, evs = await asyncio.wait_for(queue.get(), timeout=0.5)
+                    p, evs = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL)
                 except asyncio.TimeoutError:
+                    evs = []
+                # polled while tokens flow too: a client that left a non-streamed request
+                # frees its rows within DISCONNECT_POLL plus one engine step
+                if time.monotonic() - checked >= DISCONNECT_POLL or not evs:
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         return
-                    continue
                 for ev in evs:
                     if ev["type"] in ("done", "error"):
                         open_jobs -= 1
@@ -170,7 +177,8 @@ class Generation:
         async for p, ev in self._events(request):
             t = ev["type"]
             if t == "error":
-                raise APIError(ev.get("status", 500), ev["message"], code="generation_failed")
+                raise APIError(ev.get("status", 500), ev["message"],
+                               code=ev.get("code", "generation_failed"))
             if t == "steering":
                 scores[p], fired[p] = ev["score"], ev["fired"]
                 self._langs[p] = ev.get("language")
