@@ -42,14 +42,18 @@ def parse_bytes(text: str) -> int:
 
 def kv_bytes_per_token(model: Any) -> int:
     """KV-cache bytes one token of one row takes in ``model`` (every block)."""
-    cfg = text_config(model)
+    return config_kv_bytes_per_token(text_config(model), next(model.parameters()).dtype.itemsize)
+
+
+def config_kv_bytes_per_token(cfg: Any, itemsize: int) -> int:
+    """KV-cache bytes of one token per row, from a (text) model config and the KV dtype's
+    size (the vLLM engine sizes its cache from the config before any model loads)."""
     layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
     heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"))
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     hidden = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
     head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
-    dtype = next(model.parameters()).dtype
-    return 2 * layers * kv_heads * head_dim * dtype.itemsize
+    return 2 * layers * kv_heads * head_dim * itemsize
 
 
 def free_memory(device: torch.device) -> tuple[int, str]:

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .budget import config_kv_bytes_per_token
+
 GIB = 1 << 30
 CAP = 4 * GIB
 ENV = "VLLM_CPU_KVCACHE_SPACE"
@@ -27,13 +29,8 @@ class KvSpace:
 
 
 def bytes_per_token(hf_config: Any, dtype: str) -> int:
-    """Keys and values of one token over every layer."""
-    heads = int(getattr(hf_config, "num_attention_heads"))
-    kv_heads = int(getattr(hf_config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(hf_config, "head_dim", None)
-                   or hf_config.hidden_size // heads)
-    width = 4 if dtype == "float32" else 2
-    return 2 * int(hf_config.num_hidden_layers) * kv_heads * head_dim * width
+    """Keys and values of one token over every layer (vLLM's KV dtype is the model's)."""
+    return config_kv_bytes_per_token(hf_config, 4 if dtype == "float32" else 2)
 
 
 def choose(kv_space: float | None, on_cpu: bool, hf_config: Any, dtype: str, max_batch: int,
