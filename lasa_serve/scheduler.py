@@ -12,7 +12,8 @@ vectors, strengths or modes, a request's greedy output does not depend on its ne
 and a long prompt delays the running streams by one chunk per token, not by its prefill.
 Admission also keeps the running rows' worst-case KV cache within a byte budget
 (:mod:`lasa_serve.budget`), and a step that runs out of memory fails the newest request
-alone: the cache is cut back and the others go on.
+alone: the cache is cut back and the others go on (a joint prefill that runs out of memory
+is retried one request at a time).
 
 Results go back to the web side through each job's ``emit`` callback (thread-safe), one
 call per iteration with a list of events.
@@ -96,6 +97,7 @@ class Scheduler:
         self._mask: torch.Tensor | None = None
         self._state: BatchState | None = None
         self._partial: Prefill | None = None  # a prompt being prefilled chunk by chunk
+        self._solo = 0  # jobs to admit one per prefill (after a joint prefill ran out of memory)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="lasa-model-worker", daemon=True)
         self._thread.start()
@@ -202,6 +204,9 @@ class Scheduler:
             out.append(job)
             rows += job.n
             budget -= size
+            if self._solo:
+                self._solo -= 1
+                break
         return out, None, budget
 
     def _reserved(self) -> int:
@@ -240,6 +245,14 @@ class Scheduler:
             if not pre.step(self.model, self.engine, self._cache_kw, budget):
                 return
         except Exception as exc:
+            if out_of_memory(exc) and len(pre.jobs) > 1 and pre is not self._partial:
+                # nothing was emitted yet: run them again one prefill each, at the front
+                log.warning("prefill of %d requests out of memory; retrying one by one",
+                            len(pre.jobs))
+                with self._cv:
+                    self._waiting.extendleft(reversed(pre.jobs))
+                    self._solo = len(pre.jobs)
+                return
             log.exception("prefill of %d request(s) failed", len(pre.jobs))
             fail_jobs(pre.jobs, exc)
             self._partial = None if pre is self._partial else self._partial

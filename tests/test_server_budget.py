@@ -58,16 +58,15 @@ def _job(k, prompt, max_tokens, rec):
                samplers=[make_sampler(0.0, 1.0, None)], emit=rec.emitter(k))
 
 
-def _run(model, specs, kv_budget=None, before=None):
+def _run(model, specs, kv_budget=None):
     """Submit ``specs`` ((prompt, max_tokens) each) at once; the events of each."""
     engine = SteeringEngine(model)
     sched = Scheduler(model, CharTok(), engine, Metrics(), max_batch=8, kv_budget=kv_budget)
     rec = Recorder(len(specs))
     try:
-        if before is not None:
-            before(sched)
-        for k, (prompt, max_tokens) in enumerate(specs):
-            sched.submit(_job(k, prompt, max_tokens, rec))
+        with sched._cv:  # all queued before the worker looks (one admission round)
+            for k, (prompt, max_tokens) in enumerate(specs):
+                sched.submit(_job(k, prompt, max_tokens, rec))
         assert rec.done.wait(60)
     finally:
         sched.close()
@@ -185,3 +184,24 @@ def test_http_a_request_over_the_kv_budget_is_a_400_and_the_others_are_served(sm
     for r in done:
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] > 0
+
+
+def test_a_joint_prefill_out_of_memory_is_retried_one_request_at_a_time(monkeypatch):
+    model = make_tiny("llama")
+    alone = [_run(model, [spec]).text(0) for spec in (A, B)]
+    real = type(model).forward
+    failed = []
+
+    @functools.wraps(real)
+    def forward(self, *args, **kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[0] == 2 and ids.shape[1] > 1:
+            failed.append(True)  # any prefill of both prompts together
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", forward)
+    rec = _run(model, [A, B])
+    assert len(failed) == 1  # then one prefill each
+    assert not rec.errors(0) and not rec.errors(1)
+    assert [rec.text(0), rec.text(1)] == alone
