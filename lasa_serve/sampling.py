@@ -22,23 +22,28 @@ class Sampler:
         return self.temperature < MIN_TEMPERATURE
 
     def pick(self, logits: torch.Tensor) -> int:
-        """One token id from float logits ``[V]``. Degenerate distributions (overflow, NaN)
-        fall back to the most likely token instead of failing the batch."""
+        """One token id from float logits ``[V]``, on their device: softmax, top-p and the
+        draw run there; only the row's uniform number comes from its (CPU) generator, so a
+        seed draws the same token on any device, alone or batched. Degenerate
+        distributions (overflow, NaN) fall back to the most likely token instead of failing
+        the batch."""
         best = int(torch.argmax(logits))
         if self.greedy:
             return best
         probs = torch.softmax(logits.double() / self.temperature, dim=-1)
+        order = None
         if self.top_p < 1.0:
-            sorted_p, order = torch.sort(probs, descending=True)
-            cum = torch.cumsum(sorted_p, dim=-1)
-            keep = (cum - sorted_p) < self.top_p  # always keeps the most likely token
-            sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
-            if not _usable(sorted_p):
-                return best
-            return int(order[torch.multinomial(sorted_p, 1, generator=self.generator)])
+            probs, order = torch.sort(probs, descending=True)
+            keep = (torch.cumsum(probs, dim=-1) - probs) < self.top_p  # keeps the best token
+            probs = torch.where(keep, probs, torch.zeros_like(probs))
         if not _usable(probs):
             return best
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        cdf = torch.cumsum(probs, dim=-1)
+        u = torch.rand((), generator=self.generator, dtype=torch.float64)
+        # the first token whose cumulative probability exceeds u x total (never one of p 0)
+        idx = torch.searchsorted(cdf, (u * cdf[-1].cpu()).to(cdf.device).reshape(1),
+                                 right=True).clamp_max(cdf.numel() - 1)
+        return int(idx if order is None else order[idx])
 
 
 def _usable(p: torch.Tensor) -> bool:
@@ -57,10 +62,9 @@ def make_sampler(temperature: float, top_p: float, seed: int | None) -> Sampler:
 
 
 def pick_all(samplers: list[Sampler], logits: torch.Tensor) -> list[int]:
-    """Tokens for every row of ``logits [B, V]``. The greedy argmax runs where the logits
-    are (the model's device), so only ``B`` token ids reach the CPU; a sampled row's own
-    ``[V]`` logits go to the CPU, where its seeded generator draws (the same draw alone or
-    batched, on any device)."""
+    """Tokens for every row of ``logits [B, V]``, computed where the logits are (the
+    model's device): only token ids (and each sampled row's uniform draw) cross to or from
+    the CPU, never the ``[B, V]`` logits."""
     greedy = torch.argmax(logits, dim=-1).tolist()
     out = []
     for i, s in enumerate(samplers):
@@ -68,7 +72,7 @@ def pick_all(samplers: list[Sampler], logits: torch.Tensor) -> list[int]:
             out.append(greedy[i])
             continue
         try:
-            out.append(s.pick(logits[i].float().cpu()))
+            out.append(s.pick(logits[i].float()))
         except RuntimeError:  # one row's odd settings must not fail its neighbours
             out.append(greedy[i])
     return out

@@ -205,3 +205,20 @@ def test_a_joint_prefill_out_of_memory_is_retried_one_request_at_a_time(monkeypa
     assert len(failed) == 1  # then one prefill each
     assert not rec.errors(0) and not rec.errors(1)
     assert [rec.text(0), rec.text(1)] == alone
+
+
+def test_sampling_draws_from_the_distribution_and_its_nucleus():
+    """The on-device draw (softmax, top-p, inverse CDF of the row's seeded uniform)
+    samples the softmax's distribution, and never a token outside the top-p nucleus."""
+    from lasa_serve.sampling import make_sampler as sampler
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0])
+    probs = torch.softmax(logits.double(), -1)
+    s = sampler(1.0, 1.0, 3)
+    counts = torch.bincount(torch.tensor([s.pick(logits) for _ in range(4000)]), minlength=5)
+    assert torch.allclose(counts.double() / 4000, probs, atol=0.03), counts
+    nucleus = sampler(1.0, 0.8, 4)  # p = .64, .24, .09, ...: the first two reach 0.8
+    picks = {nucleus.pick(logits) for _ in range(500)}
+    assert picks == {0, 1}
+    hot = sampler(2.0, 1.0, 5)  # temperature flattens: the rarer tokens show up
+    assert len({hot.pick(logits) for _ in range(500)}) >= 4
