@@ -10,8 +10,9 @@ import pytest
 
 from lasa_steer import SteeringConfigError, SteeringVector
 from lasa_steer.engines.vllm import external_id, xargs
-from lasa_steer.engines.vllm.checks import problems
+from lasa_steer.engines.vllm.checks import cuda_graphs_allowed, cudagraph_mode, problems
 from lasa_steer.engines.vllm.config import (CONFIG_KEY, LOGITS_PROCESSOR, SLOTS_VERSION,
+                                            SlotOptions, slot_options,
                                             WORKER_EXTENSION, LoadInstall, config_entry,
                                             has_logits_processor, load_install, parse_entry,
                                             server_args, wants_slots)
@@ -107,6 +108,28 @@ def test_engine_configs_that_cannot_be_exact_are_refused():
         found = problems(cfg, "0.32.0")
         assert len(found) == 1 and needle in found[0], (needle, found)
     assert "not a tested release" in problems(_config(), "0.33.1")[0]
+
+
+def test_cuda_graphs_need_the_graph_steering_and_its_switch():
+    """CUDA graphs replay only the graph steering, and only behind the cuda_graphs switch
+    (untested on GPU); a launcher asks cuda_graphs_allowed whether to turn them off."""
+    graphs = NS(mode=3, cudagraph_mode=NS(name="FULL_AND_PIECEWISE"))
+    on = {"lasa_steer": {"slots": SLOTS_VERSION, "cuda_graphs": True}}
+    assert cudagraph_mode(_config(compilation_config=graphs)) == "FULL_AND_PIECEWISE"
+    assert cudagraph_mode(_config()) == "NONE"
+    assert not cuda_graphs_allowed(_config())
+    assert cuda_graphs_allowed(_config(additional_config=on))
+    assert problems(_config(compilation_config=graphs, additional_config=on), "0.32.0") == []
+    found = problems(_config(compilation_config=graphs), "0.32.0")
+    assert len(found) == 1 and "cuda_graphs" in found[0] and "untested on GPU" in found[0]
+    host = {"lasa_steer": {"slots": SLOTS_VERSION, "cuda_graphs": True, "steering": "host"}}
+    found = problems(_config(compilation_config=graphs, additional_config=host), "0.32.0")
+    assert any("needs steering 'graph'" in f for f in found)
+    bad = {"lasa_steer": {"steering": "sometimes"}}
+    assert any("'steering'" in f for f in problems(_config(additional_config=bad), "0.32.0"))
+    assert slot_options(_config()) == SlotOptions("graph", False)
+    assert config_entry(options=SlotOptions("host")) == {"slots": SLOTS_VERSION,
+                                                         "steering": "host"}
 
 
 def test_the_logits_processor_is_found_by_name_or_class():

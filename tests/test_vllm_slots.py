@@ -1,4 +1,4 @@
-"""The vLLM plugin's steering slots (``lasa::steer`` at every block boundary) without vLLM:
+"""The vLLM plugin's steering slots (``lasa::steer_`` at every block boundary) without vLLM:
 added before torch.compile, they are in the compiled graph, so steering switched on after
 compilation runs; with nothing switched on the output is bit-identical to the model
 without slots."""
@@ -132,3 +132,78 @@ def test_the_steering_runs_in_the_compiled_graph_and_a_graph_without_slots_fails
                 plain(pos, x)
         finally:
             TARGET.fn = None
+
+
+def _graph_runner(model, chunks, xargs, prompt):
+    """A runner whose passes run ``chunks`` rows of one request's prompt in turn."""
+    import numpy as np
+
+    state = NS(input_batch=NS(num_reqs=1, req_ids=["r"], num_computed_tokens_cpu=np.zeros(1)),
+               query_start_loc=NS(np=np.array([0, chunks[0]])),
+               requests={"r": NS(sampling_params=NS(extra_args=xargs),
+                                 num_prompt_tokens=prompt)},
+               max_num_reqs=4, max_num_tokens=16)
+    state._model_forward = lambda positions, hidden: model(positions, hidden)
+    return state
+
+
+def _run_chunks(runner, pos, x, chunks):
+    outs, done = [], 0
+    for n in chunks:
+        runner.input_batch.num_computed_tokens_cpu[0] = done
+        runner.query_start_loc.np[1] = n
+        outs.append(runner._model_forward(pos[done:done + n], x[done:done + n]))
+        done += n
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("mode", ["always", "gate"])
+def test_the_graph_steering_equals_the_host_steering_in_the_compiled_graph(models, mode):
+    """Same request, same compiled slots: the graph steering (tensor work on buffers, the
+    default) gives the host steering's output bit for bit, and its gate the same score and
+    decision; then a prompt run in three passes reads its gate across them and decides in
+    the last one, with the score of the single pass."""
+    from helpers import make_vector
+
+    from lasa_steer.engines.vllm.graph import VllmGraphSteering
+    from lasa_steer.engines.vllm.hooks import VllmSteering
+    from lasa_steer.engines.vllm.params import Defaults
+
+    plain, slotted = models
+    vec = make_vector(plain, layers=[1, 2], gate_layer=0, pooling="mean", threshold=-10.0)
+    xargs = {"lasa_vector": "v", "lasa_mode": mode, "lasa_action": "add"}
+    pos, x = torch.arange(5.0), torch.randn(5, H)
+    slotted.model = torch.compile(slotted.model, backend="aot_eager", fullgraph=True,
+                                  dynamic=True)
+    with torch.no_grad():
+        host = VllmSteering(slotted, _runner(5), {"v": vec}, Defaults())
+        host.runner.requests["r"].sampling_params.extra_args = xargs
+        want = slotted(positions=pos, hidden=x)  # the host pre-hook reads positions
+        host_report = host.report()["r"]
+        host.remove()
+        runner = _graph_runner(slotted, [5], xargs, 5)
+        graph = VllmGraphSteering(slotted, runner, {"v": vec}, Defaults())
+        got = runner._model_forward(pos, x)
+        assert torch.equal(got, want) and not torch.equal(got, plain(pos, x))
+        report = graph.report()["r"]
+        assert report["fired"] is host_report["fired"] is True
+        if mode == "gate":
+            assert report["gate_score"] == pytest.approx(host_report["gate_score"], rel=1e-6)
+            # chunked: a new request whose prompt comes in passes of 2, 2 and 1 rows
+            graph.remove()
+            runner = _graph_runner(slotted, [2, 2, 1], xargs, 5)
+            graph = VllmGraphSteering(slotted, runner, {"v": vec}, Defaults())
+            seen = []
+            original = graph._after_pass
+
+            def after():
+                original()
+                seen.append(graph.requests["r"].decided)
+            graph._after_pass = after
+            _run_chunks(runner, pos, x, [2, 2, 1])
+            assert seen == [False, False, True]
+            assert graph.report()["r"]["gate_score"] == pytest.approx(
+                host_report["gate_score"], rel=1e-6)
+        graph.remove()
+        assert "_model_forward" in vars(runner)  # the runner's own, restored
+        assert torch.equal(runner._model_forward(pos, x), plain(pos, x))

@@ -1,6 +1,6 @@
 """lasa steering in vLLM's default compiled mode (CPU: Dynamo traced once, Inductor).
 
-The steering slots (``lasa::steer`` at every block boundary) are added when vLLM loads the
+The steering slots (``lasa::steer_`` at every block boundary) are added when vLLM loads the
 model, before it compiles it, so the compiled graph calls them. In one batch with the eager
 tests' mixed settings: unsteered requests equal vanilla compiled vLLM (an engine without
 slots, same scheduling), steered ones equal the HF engine, and gates fire on the HF gate's

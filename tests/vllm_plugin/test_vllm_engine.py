@@ -1,5 +1,6 @@
 """lasa vectors inside real vLLM (CPU, float32) on the embedded SmolLM2-135M-Instruct, in
-eager mode (``enforce_eager=True``; the compiled default: test_vllm_compiled.py).
+eager mode (``enforce_eager=True``) with the host steering (``steering="host"``; the
+compiled default with the graph steering: test_vllm_compiled.py).
 
 Runs in the ``.venv-vllm`` environment (``make test-vllm``); skipped where vLLM is not
 installed. One ``vllm.LLM`` for the module, in-process (conftest.py), max 16 new tokens.
@@ -29,7 +30,9 @@ pytestmark = pytest.mark.vllm
 def llm(hf):
     """The engine, its greedy outputs before install (slots idle), then the vector
     installed."""
-    eng = start_engine(**lasa_vllm.engine_kwargs(enforce_eager=True))
+    # the host steering (Python per pass), kept as a switch; the compiled module runs the
+    # default graph steering
+    eng = start_engine(**lasa_vllm.engine_kwargs(enforce_eager=True, steering="host"))
     try:
         _, ids = hf
         vanilla = [tokens(o) for o in eng.generate([prompt(x) for x in ids], params(),

@@ -58,13 +58,24 @@ class Update:
         beta = self.beta * active
         if not bool(((alpha != 0) | (beta != 0)).any()):
             return None
-        coef = alpha[:, None].expand(-1, hidden.shape[1])
-        if self.needs_proj:
-            src = hidden if ref is None else ref
-            proj = torch.einsum("bth,bh->bt", src.float(), self.u)
-            coef = coef + beta[:, None] * proj
-        delta = coef[:, :, None] * self.u[:, None, :]
-        return hidden + delta.to(hidden.dtype)
+        return hidden + rank_one_delta(hidden, self.u, alpha, beta, ref,
+                                       self.needs_proj).to(hidden.dtype)
+
+
+def rank_one_delta(hidden: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor,
+                   beta: torch.Tensor, ref: torch.Tensor | None, needs_proj: bool
+                   ) -> torch.Tensor:
+    """Float32 ``(alpha + beta * <ref, u>) * u`` for ``hidden [B, T, H]``, per-row ``u
+    [B, H]``, ``alpha``/``beta [B]`` (``ref`` defaults to ``hidden``). Tensor work only,
+    no branch on values: the HF engine (:meth:`Update.apply`) and the graph-safe step
+    (:mod:`lasa_steer.steering.graph`) both add this, so their updates are bit for bit
+    the same. A row with ``alpha = beta = 0`` gets zeros."""
+    coef = alpha[:, None].expand(-1, hidden.shape[1])
+    if needs_proj:
+        src = hidden if ref is None else ref
+        proj = torch.einsum("bth,bh->bt", src.float(), u)
+        coef = coef + beta[:, None] * proj
+    return coef[:, :, None] * u[:, None, :]
 
 
 @dataclass(frozen=True)
@@ -85,20 +96,29 @@ def update_of(rows: Sequence[RowSteering], point: Point, hidden: int,
     u, alpha, beta = torch.zeros(b, hidden), torch.zeros(b), torch.zeros(b)
     any_row = False
     for i, r in enumerate(rows):
-        if point not in r.steer_points():
+        coef = coefficients(r, point)
+        if coef is None:
             continue
         any_row = True
-        vec = r.vector.direction(r.direction)[point[1]].float()  # type: ignore[union-attr]
-        s = float(r.strength or 0.0)
-        if r.action in ("add", "prefix"):  # a prefix row's continuation is steered by add
-            u[i], alpha[i] = vec, s
-            continue
-        u[i], beta[i] = vec / vec.norm(), -s
-        if r.action == "clamp":
-            alpha[i] = s * r.vector.clamp_targets[r.direction][point[1]]  # type: ignore
+        u[i], alpha[i], beta[i] = coef
     if not any_row:
         return None
     return Update(u.to(device), alpha.to(device), beta.to(device), bool((beta != 0).any()))
+
+
+def coefficients(row: RowSteering, point: Point) -> tuple[torch.Tensor, float, float] | None:
+    """``(u, alpha, beta)`` of ``row``'s update at ``point`` (None: it does not steer
+    there): THE mapping of actions to coefficients, for every engine."""
+    if point not in row.steer_points():
+        return None
+    vec = row.vector.direction(row.direction)[point[1]].float()  # type: ignore[union-attr]
+    s = float(row.strength or 0.0)
+    if row.action in ("add", "prefix"):  # a prefix row's continuation is steered by add
+        return vec, s, 0.0
+    alpha = 0.0
+    if row.action == "clamp":
+        alpha = s * row.vector.clamp_targets[row.direction][point[1]]  # type: ignore
+    return vec / vec.norm(), alpha, -s
 
 
 def _gates_of(rows: Sequence[RowSteering], point: Point) -> tuple[GateGroup, ...]:

@@ -43,9 +43,8 @@ class Probe:
         return int(self.w1.shape[0])
 
     def __call__(self, pooled: torch.Tensor) -> torch.Tensor:
-        x = pooled.detach().float().cpu()
-        h = torch.nn.functional.gelu(x @ self.w1.float().T + self.b1.float())
-        return h @ self.w2.float() + self.b2.float().reshape(())
+        return probe_score(pooled.detach().float().cpu(), self.w1.float(), self.b1.float(),
+                           self.w2.float(), self.b2.float())
 
     def meta(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "activation": self.activation}
@@ -67,6 +66,14 @@ class Probe:
                           f"{want} (gate.probe.hidden={k}, model.hidden_size={h})")
             if not torch.isfinite(t).all():
                 raise bad(f"tensor 'gate.probe.{name}' holds NaN or inf values")
+
+
+def probe_score(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                b2: torch.Tensor) -> torch.Tensor:
+    """THE probe score of float32 states ``x [B, H]`` (tensor work on ``x``'s device: the
+    CPU for :class:`Probe`, the model's device in the graph-safe vLLM step)."""
+    h = torch.nn.functional.gelu(x @ w1.T + b1)
+    return h @ w2 + b2.reshape(())
 
 
 def probe_fields(gm: dict, tensors: dict[str, torch.Tensor], p: Path) -> dict[str, Any]:

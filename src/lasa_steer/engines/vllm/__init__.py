@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .checks import ENGINE_KWARGS, SUPPORTED_VLLM
-from .config import CONFIG_KEY, LOGITS_PROCESSOR, WORKER_EXTENSION, config_entry, server_args
+from .config import (CONFIG_KEY, DEFAULT_STEERING, LOGITS_PROCESSOR, WORKER_EXTENSION,
+                     SlotOptions, config_entry, server_args)
 from .params import Defaults, check_choice_default, xargs
 
 __all__ = ["ENGINE_KWARGS", "LOGITS_PROCESSOR", "SUPPORTED_VLLM", "WORKER_EXTENSION",
@@ -42,6 +43,7 @@ __all__ = ["ENGINE_KWARGS", "LOGITS_PROCESSOR", "SUPPORTED_VLLM", "WORKER_EXTENS
 def engine_kwargs(vectors: Mapping[str, str | Path] | None = None, *,
                   default_vector: str | None = None, default_mode: str = "gate",
                   default_action: str | None = None, default_strength: float | None = None,
+                  steering: str = DEFAULT_STEERING, cuda_graphs: bool = False,
                   **overrides: Any) -> dict[str, Any]:
     """``vllm.LLM`` / ``AsyncEngineArgs`` keyword arguments the plugin needs (its entry in
     ``additional_config``, no chunked prefill, no prefix caching, the worker extension and
@@ -49,17 +51,23 @@ def engine_kwargs(vectors: Mapping[str, str | Path] | None = None, *,
     ``compilation_config`` dict is merged).
     With ``vectors`` (name -> file) every worker installs them when its model loads, with
     the ``default_*`` settings, so no :func:`install` call is needed. vLLM's torch.compile
-    stays on, CUDA graphs off (``cudagraph_mode`` NONE: :data:`.config.STEERABLE_COMPILATION`);
-    ``enforce_eager=True`` works too."""
+    stays on, CUDA graphs off (``cudagraph_mode`` NONE: :data:`.config.STEERABLE_COMPILATION`)
+    unless ``cuda_graphs``; ``enforce_eager=True`` works too. ``steering``: ``"graph"``
+    (tensor work on persistent buffers, :mod:`lasa_steer.steering.graph`) or ``"host"``
+    (Python per pass); ``cuda_graphs=True`` leaves vLLM's CUDA graphs at its default and lets
+    the graph steering run inside them (untested on GPU; the vectors must then be given
+    here, not to :func:`install`)."""
     from .logits import LasaLogitsProcessor
 
     extra = dict(ENGINE_KWARGS["additional_config"])
     extra[CONFIG_KEY] = config_entry(vectors, default_vector, default_mode, default_action,
-                                     default_strength)
+                                     default_strength,
+                                     options=SlotOptions(steering, cuda_graphs))
     extra.update(overrides.pop("additional_config", None) or {})
     compilation = overrides.pop("compilation_config", None)
     if compilation is None or isinstance(compilation, dict):
-        compilation = {**ENGINE_KWARGS["compilation_config"], **(compilation or {})}
+        base = {} if cuda_graphs else ENGINE_KWARGS["compilation_config"]
+        compilation = {**base, **(compilation or {})}
     out: dict[str, Any] = dict(ENGINE_KWARGS, worker_extension_cls=WORKER_EXTENSION,
                                logits_processors=[LasaLogitsProcessor],
                                additional_config=extra, compilation_config=compilation)

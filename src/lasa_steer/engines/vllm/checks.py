@@ -9,9 +9,14 @@ cannot give the HF engine's results exactly.
   force their openers. ``engine_kwargs`` adds it; a plain server needs
   ``--logits-processors lasa_steer.engines.vllm.logits:LasaLogitsProcessor``.
 * CUDA graphs (``cudagraph_mode`` other than ``NONE``): a captured graph replays the
-  kernels the slots launched while it was captured, without calling the slots again, so
-  steering would be frozen. Untested; refused. torch.compile without CUDA graphs is fine
-  (tested: vLLM's CPU default, Dynamo traced once with Inductor, and eager mode).
+  kernels the slots launched while it was captured, without calling the slots again. The
+  graph steering (:mod:`lasa_steer.steering.graph`, the default) launches the same kernels
+  on persistent buffers in every pass, so a replay steers with the buffers' new values;
+  allowed only with the switch ``cuda_graphs`` (``engine_kwargs(cuda_graphs=True)``),
+  because no GPU has run it in vLLM yet (untested on GPU). The host steering is refused.
+  torch.compile without CUDA graphs is fine (tested: vLLM's CPU default, Dynamo traced
+  once with Inductor, and eager mode). :func:`cuda_graphs_allowed` tells a launcher
+  whether to start vLLM with ``cudagraph_mode`` ``NONE``.
 * chunked prefill: a gate-mode prompt split over steps would run its first chunks before the
   gate decides (unsteered). Require ``enable_chunked_prefill=False``.
 * prefix caching: a request would reuse KV computed under other steering. Require
@@ -33,7 +38,7 @@ from typing import Any
 
 from ...errors import SteeringConfigError
 from .config import CONFIG_KEY, LOGITS_PROCESSOR, SLOTS_VERSION, STEERABLE_COMPILATION, \
-    has_logits_processor, wants_slots
+    has_logits_processor, slot_options, wants_slots
 
 SUPPORTED_VLLM = ("0.32.",)  # release lines whose model runner the plugin is tested on
 
@@ -64,10 +69,17 @@ def problems(vllm_config: Any, version: str) -> list[str]:
                    "settings at admission and forces the prefix/refuse openers); build the "
                    "engine with lasa_vllm.engine_kwargs() (--logits-processors "
                    f"{LOGITS_PROCESSOR})")
-    cudagraph = str(getattr(vllm_config.compilation_config, "cudagraph_mode", "NONE"))
-    if not (cudagraph.endswith("NONE") or cudagraph == "None"):
-        out.append(f"CUDA graphs are on (cudagraph_mode {cudagraph}): a replayed graph would "
-                   "not call the steering slots again (untested); start vLLM with "
+    try:
+        graphs_ok = cuda_graphs_allowed(vllm_config)
+    except SteeringConfigError as exc:
+        out.append(str(exc))
+        graphs_ok = False
+    cudagraph = cudagraph_mode(vllm_config)
+    if cudagraph != "NONE" and not graphs_ok:
+        out.append(f"CUDA graphs are on (cudagraph_mode {cudagraph}): only the graph "
+                   "steering replays inside them, and only behind its switch (untested on "
+                   "GPU: engine_kwargs(cuda_graphs=True), additional_config "
+                   f"{{\"{CONFIG_KEY}\": {{\"cuda_graphs\": true}}}}); else start vLLM with "
                    "cudagraph_mode NONE (compilation_config={'cudagraph_mode': 'NONE'}) or "
                    "enforce_eager=True")
     if getattr(vllm_config.scheduler_config, "enable_chunked_prefill", False):
@@ -89,6 +101,21 @@ def problems(vllm_config: Any, version: str) -> list[str]:
         out.append("the V2 model runner is in use (another batch layout); set "
                    "VLLM_USE_V2_MODEL_RUNNER=0")
     return out
+
+
+def cudagraph_mode(vllm_config: Any) -> str:
+    """vLLM's ``cudagraph_mode`` as a name (``NONE``, ``PIECEWISE``, ``FULL_AND_PIECEWISE``...)."""
+    mode = getattr(vllm_config.compilation_config, "cudagraph_mode", None)
+    name = getattr(mode, "name", None) or str(mode)
+    return "NONE" if name in ("None", "NONE") or name.endswith(".NONE") else name
+
+
+def cuda_graphs_allowed(vllm_config: Any) -> bool:
+    """Whether the engine's entry lets the slots run inside CUDA graphs (the graph steering
+    and the ``cuda_graphs`` switch); a launcher that gets False must start vLLM with
+    ``cudagraph_mode`` ``NONE`` (or eager). Raises for an invalid entry."""
+    opts = slot_options(vllm_config)
+    return opts.cuda_graphs and opts.steering == "graph"
 
 
 def check(vllm_config: Any, version: str) -> None:

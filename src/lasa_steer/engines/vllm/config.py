@@ -29,7 +29,7 @@ from ...vector.shipped import locate
 from .params import NAME_RE, Defaults, check_choice_default
 
 CONFIG_KEY = "lasa_steer"
-SLOTS_VERSION = 1  # bump when the slots' graph changes
+SLOTS_VERSION = 2  # bump when the slots' graph changes
 WORKER_EXTENSION = "lasa_steer.engines.vllm.worker.LasaWorkerExtension"
 LOGITS_PROCESSOR = "lasa_steer.engines.vllm.logits:LasaLogitsProcessor"  # vLLM's FQCN form
 # vLLM's compilation setting under which the steering slots run: no CUDA graphs (a replayed
@@ -37,7 +37,9 @@ LOGITS_PROCESSOR = "lasa_steer.engines.vllm.logits:LasaLogitsProcessor"  # vLLM'
 # vLLM's default anyway; on CUDA it replaces the default FULL_AND_PIECEWISE.
 STEERABLE_COMPILATION: dict[str, Any] = {"cudagraph_mode": "NONE"}
 KEYS = ("vectors", "default_vector", "default_mode", "default_action", "default_strength",
-        "allow_mismatch", "slots")
+        "allow_mismatch", "slots", "steering", "cuda_graphs")
+STEERINGS = ("graph", "host")  # graph-safe buffers (lasa_steer.steering.graph), or host Python
+DEFAULT_STEERING = "graph"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,37 @@ def wants_slots(vllm_config: Any) -> bool:
     return bool(entry(vllm_config))
 
 
+@dataclass(frozen=True)
+class SlotOptions:
+    """How the slots steer: ``steering`` ``graph`` (tensor work on persistent buffers; the
+    default) or ``host`` (Python per pass, the first implementation); ``cuda_graphs``
+    allows vLLM's CUDA graphs with the graph steering (untested on GPU)."""
+
+    steering: str = DEFAULT_STEERING
+    cuda_graphs: bool = False
+
+
+def slot_options(vllm_config: Any) -> SlotOptions:
+    """The entry's :class:`SlotOptions` (defaults for an entry that is not a mapping)."""
+    value = entry(vllm_config)
+    if not isinstance(value, Mapping):
+        return SlotOptions()
+    return _options(value, f"additional_config[{CONFIG_KEY!r}]")
+
+
+def _options(value: Mapping[str, Any], where: str) -> SlotOptions:
+    steering = value.get("steering", DEFAULT_STEERING)
+    if steering not in STEERINGS:
+        raise SteeringConfigError(f"{where}['steering']={steering!r}: one of {STEERINGS}")
+    graphs = value.get("cuda_graphs", False)
+    if not isinstance(graphs, bool):
+        raise SteeringConfigError(f"{where}['cuda_graphs']={graphs!r}: true or false")
+    if graphs and steering != "graph":
+        raise SteeringConfigError(f"{where}: cuda_graphs needs steering 'graph' (the host "
+                                  "steering runs Python that a replayed graph skips)")
+    return SlotOptions(steering, graphs)
+
+
 def load_install(vllm_config: Any) -> LoadInstall | None:
     """The vectors to install at model load, or None when the entry holds none; raise
     :class:`SteeringConfigError` for an entry that is not valid."""
@@ -74,10 +107,11 @@ def parse_entry(value: Mapping[str, Any]) -> LoadInstall | None:
     if unknown:
         raise SteeringConfigError(f"additional_config[{CONFIG_KEY!r}]: unknown key(s) "
                                   f"{unknown}; known: {list(KEYS)}")
+    where = f"additional_config[{CONFIG_KEY!r}]"
+    _options(value, where)
     vectors = value.get("vectors")
     if vectors is None:
         return None
-    where = f"additional_config[{CONFIG_KEY!r}]"
     if not isinstance(vectors, Mapping) or not vectors:
         raise SteeringConfigError(f"{where}['vectors']: a non-empty object of name -> vector "
                                   "file path")
@@ -105,17 +139,26 @@ def parse_entry(value: Mapping[str, Any]) -> LoadInstall | None:
 def config_entry(vectors: Mapping[str, str | Path] | None = None,
                  default_vector: str | None = None, default_mode: str = "gate",
                  default_action: str | None = None, default_strength: float | None = None,
-                 allow_mismatch: bool = False) -> int | dict[str, Any]:
-    """The ``additional_config["lasa_steer"]`` value: the slots' version without vectors,
-    else the vectors (absolute paths: workers may start elsewhere) and the defaults,
-    checked as the workers will check them."""
+                 allow_mismatch: bool = False,
+                 options: SlotOptions = SlotOptions()) -> int | dict[str, Any]:
+    """The ``additional_config["lasa_steer"]`` value: the slots' version without vectors
+    (and default ``options``), else the vectors (absolute paths: workers may start
+    elsewhere), the defaults and the options, checked as the workers will check them."""
+    extra: dict[str, Any] = {}
+    if options.steering != DEFAULT_STEERING:
+        extra["steering"] = options.steering
+    if options.cuda_graphs:
+        extra["cuda_graphs"] = True
     if not vectors:
         if default_vector is not None:
             raise SteeringConfigError("default_vector needs vectors")
+        if extra:
+            _options(extra, f"additional_config[{CONFIG_KEY!r}]")
+            return {"slots": SLOTS_VERSION, **extra}
         return SLOTS_VERSION
     out: dict[str, Any] = {
         "vectors": {str(k): str(locate(v).resolve()) for k, v in vectors.items()},
-        "default_mode": default_mode, "slots": SLOTS_VERSION}
+        "default_mode": default_mode, "slots": SLOTS_VERSION, **extra}
     for key, val in (("default_vector", default_vector), ("default_action", default_action),
                      ("default_strength", default_strength)):
         if val is not None:

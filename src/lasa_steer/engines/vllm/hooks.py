@@ -3,7 +3,7 @@
 vLLM decoder layers take ``(positions, hidden_states, residual)`` and return
 ``(hidden_states, residual)``; the residual stream at a block's output (``resid_post``, the
 HF block output) is their sum, and at its input (``resid_pre``) the sum of its inputs (the
-input alone at block 0). The slots (:mod:`.slots`: the ``lasa::steer`` op at every block
+input alone at block 0). The slots (:mod:`.slots`: the ``lasa::steer_`` op at every block
 boundary, in the graph vLLM compiles) hand those tensors to :meth:`VllmSteering.slot`,
 which reads gates and languages on the sum and adds the update to ``hidden_states`` (the
 next layer's fused add-norm folds it into the stream). A pre-hook on the whole model (which
@@ -77,10 +77,14 @@ class VllmSteering:
             if pts:
                 self._points_at[b] = pts
         self._slot_calls = 0
-        self._handles: list[RemovableHandle] = [
-            model.register_forward_pre_hook(self._on_model_call, with_kwargs=True),
-            model.register_forward_hook(self._after_model_call)]
+        self._handles: list[Any] = self._attach()
+
+    def _attach(self) -> list[Any]:
+        """Run :meth:`_on_model_call` before and :meth:`_after_model_call` after each pass,
+        and point the slots here; returns the handles :meth:`remove` removes."""
         TARGET.fn = self.slot
+        return [self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True),
+                self.model.register_forward_hook(self._after_model_call)]
 
     def remove(self) -> None:
         for h in self._handles:
@@ -107,10 +111,12 @@ class VllmSteering:
         them (a stale compiled artifact?): fail loudly rather than serve unsteered."""
         if self.step is not None and self._slot_calls == 0:
             raise RuntimeError("lasa: the model ran a pass with steering work but never "
-                               "called its steering slots (lasa::steer); was the model "
+                               "called its steering slots (lasa::steer_); was the model "
                                "compiled without them?")
 
-    def _read_step(self, positions: Any) -> Step | None:
+    def _new_step(self) -> Step | None:
+        """The pass about to run, its requests' states created as they first appear (None:
+        no request, or none steered)."""
         ids, starts, ends = batch_layout(self.runner)
         self._drop_finished()
         if not ids:
@@ -118,7 +124,13 @@ class VllmSteering:
         states = [self.requests.get(r) or self._new(r) for r in ids]
         if all(s.row.mode == "off" for s in states):
             return None
-        step = Step(ids, states, starts, ends)
+        return Step(ids, states, starts, ends)
+
+    def _read_step(self, positions: Any) -> Step | None:
+        step = self._new_step()
+        if step is None:
+            return None
+        ids, states, starts, ends = step.req_ids, step.states, step.starts, step.ends
         for i, s in enumerate(states):
             if not s.decided:
                 step.prompts[i] = self._whole_prompt(ids[i], int(starts[i]), int(ends[i]),
@@ -184,7 +196,7 @@ class VllmSteering:
     # ------------------------------------------------------------- slots
     def slot(self, boundary: int, hidden: torch.Tensor, residual: torch.Tensor | None
              ) -> torch.Tensor | None:
-        """The ``lasa::steer`` op's work at ``boundary`` (:mod:`.slots`): ``hidden`` after
+        """The ``lasa::steer_`` op's work at ``boundary`` (:mod:`.slots`): ``hidden`` after
         the gates read and the updates applied at its points, or None (unchanged)."""
         if self.step is None:
             return None

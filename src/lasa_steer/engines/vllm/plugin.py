@@ -66,7 +66,8 @@ def _install_after_worker_load(wrapper: Any, result: Any, *args: Any, **kwargs: 
         return
     from .worker import install_on
 
-    install_on(wrapper.worker, install.vectors, install.defaults, install.allow_mismatch)
+    install_on(wrapper.worker, install.vectors, install.defaults, install.allow_mismatch,
+               at_load=True)
 
 
 def _delegate_load_model(wrapper: Any, *args: Any, **kwargs: Any) -> Any:

@@ -4,12 +4,14 @@ vLLM compiles the model (torch.compile) during engine start, before
 :func:`lasa_steer.engines.vllm.install` can reach the workers; Python hooks registered after
 that are never called by the compiled graph. So every decoder layer gets its slot when the
 model is loaded (:func:`add_slots`, run by the ``vllm.general_plugins`` entry point of
-:mod:`.plugin`): forward hooks that call the custom op ``lasa::steer`` at each block
+:mod:`.plugin`): forward hooks that call the custom op ``lasa::steer_`` at each block
 boundary. Dynamo traces hooks that exist when it compiles, and the op is opaque to it, so
 the compiled graph calls the op on every pass; at run time the op hands the tensors to the
-steering that :func:`install` activated (:data:`TARGET`), which reads the per-step plan the
-model's pre-hook computed. With nothing active, or nothing to do in a pass, the op returns
-a copy of its input: bit-identical to a model without slots. Modules are never replaced.
+steering that :func:`install` activated (:data:`TARGET`): the host steering of
+:mod:`.hooks`, or the graph-safe one of :mod:`.graph` (tensor work on persistent buffers
+only, so a CUDA graph that captured it replays it). The op steers the block's output in
+place; with nothing active, or nothing to do in a pass, it leaves it alone: bit-identical
+to a model without slots. Modules are never replaced.
 
 Boundary ``b`` is the residual stream between block ``b - 1`` and block ``b``: the output
 of block ``b - 1`` (``resid_post``) and the input of block ``b`` (``resid_pre``), applied in
@@ -39,25 +41,25 @@ class _Target:
 TARGET = _Target()
 
 
-@torch.library.custom_op("lasa::steer", mutates_args=())
-def steer_op(hidden: torch.Tensor, residual: Optional[torch.Tensor],
-             boundary: int) -> torch.Tensor:
-    """``hidden`` after the active steering at ``boundary`` (``hidden + residual`` is the
-    residual stream); a copy of ``hidden`` when nothing steers (an op's output must not
-    alias its input)."""
+@torch.library.custom_op("lasa::steer_", mutates_args=("hidden",))
+def steer_op(hidden: torch.Tensor, residual: Optional[torch.Tensor], boundary: int) -> None:
+    """Steer ``hidden`` in place at ``boundary`` (``hidden + residual`` is the residual
+    stream) with the active steering; nothing when none is active. In place, so that a
+    graph-safe steering (:mod:`lasa_steer.steering.graph`) is one op on the block's own
+    output, which CUDA graphs capture and replay."""
     fn = TARGET.fn
     out = None if fn is None else fn(boundary, hidden, residual)
-    return hidden.clone() if out is None else out
+    if out is not None and out is not hidden:
+        hidden.copy_(out)
 
 
 @steer_op.register_fake
-def _steer_fake(hidden: torch.Tensor, residual: Optional[torch.Tensor],
-                boundary: int) -> torch.Tensor:
-    return torch.empty_like(hidden)
+def _steer_fake(hidden: torch.Tensor, residual: Optional[torch.Tensor], boundary: int) -> None:
+    return None
 
 
 def add_slots(model: nn.Module) -> int:
-    """Hook ``lasa::steer`` into every block boundary of ``model`` (a vLLM model whose
+    """Hook ``lasa::steer_`` into every block boundary of ``model`` (a vLLM model whose
     decoder layers take ``(positions, hidden, residual)`` and return ``(hidden,
     residual)``); returns the number of blocks. Idempotent."""
     if has_slots(model):
@@ -65,10 +67,9 @@ def add_slots(model: nn.Module) -> int:
     layers = find_layers(model)
 
     def first(module: nn.Module, args: tuple, kwargs: dict) -> Any:
-        if len(args) > 1:
-            return (args[0], steer_op(args[1], _residual(args, kwargs), 0)) + args[2:], kwargs
-        new = steer_op(kwargs["hidden_states"], _residual(args, kwargs), 0)
-        return args, {**kwargs, "hidden_states": new}
+        hidden = args[1] if len(args) > 1 else kwargs["hidden_states"]
+        steer_op(hidden, _residual(args, kwargs), 0)
+        return None
 
     def after(boundary: int) -> Callable[[nn.Module, tuple, Any], Any]:
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
@@ -76,7 +77,8 @@ def add_slots(model: nn.Module) -> int:
                 raise TypeError(f"lasa: decoder layer {boundary - 1} returned "
                                 f"{type(output).__name__}; the vLLM plugin needs layers "
                                 "returning (hidden, residual)")
-            return steer_op(output[0], output[1], boundary), output[1]
+            steer_op(output[0], output[1], boundary)
+            return output
         return hook
 
     layers.block(0).register_forward_pre_hook(first, with_kwargs=True)

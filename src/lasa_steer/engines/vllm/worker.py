@@ -17,21 +17,31 @@ from ...model.identity import ModelIdentity, config_fingerprint
 from ...model.layers import find_layers
 from ...steering.openers import Openers
 from ...vector.file import SteeringVector
-from .checks import check
+from .checks import check, cudagraph_mode
+from .config import slot_options
+from .graph import VllmGraphSteering
 from .hooks import ACTIVE, VllmSteering, vector_points
 from .params import Defaults, check_choice_default
 from .slots import has_slots
 
 
 def install_on(worker: Any, vectors: Mapping[str, str], defaults: Defaults = Defaults(),
-               allow_mismatch: bool = False) -> dict[str, Any]:
+               allow_mismatch: bool = False, at_load: bool = False) -> dict[str, Any]:
     """Load ``vectors`` (name -> vector file path) in ``worker`` (a vLLM worker whose model
     is loaded) and point the model's steering slots at them, replacing an earlier install.
     Raises :class:`~lasa_steer.SteeringConfigError` for an engine configuration that cannot
-    be exact, and the vector file errors for unfit files (the old install then stays)."""
+    be exact, and the vector file errors for unfit files (the old install then stays).
+    ``at_load``: called as the model loads, before vLLM compiles it and captures CUDA
+    graphs (with CUDA graphs the only time an install can be captured)."""
     import vllm
 
     check(worker.vllm_config, vllm.__version__)
+    graphs = cudagraph_mode(worker.vllm_config) != "NONE"
+    if graphs and not at_load:
+        raise SteeringConfigError(
+            "lasa: with CUDA graphs the vectors must be installed as the model loads "
+            "(engine_kwargs(vectors) or additional_config's 'vectors'), before the graphs "
+            "are captured; install() afterwards would not be in them")
     check_choice_default(defaults, vectors)
     runner = worker.model_runner
     model = runner.get_model()
@@ -51,7 +61,12 @@ def install_on(worker: Any, vectors: Mapping[str, str], defaults: Defaults = Def
         loaded[name] = vec
     openers = _openers(worker.vllm_config.model_config)
     remove_from(worker)
-    worker._lasa_steering = VllmSteering(model, runner, loaded, defaults, layer_map, openers)
+    if slot_options(worker.vllm_config).steering == "graph":
+        steering: VllmSteering = VllmGraphSteering(model, runner, loaded, defaults, layer_map,
+                                                   openers, captured=graphs)
+    else:
+        steering = VllmSteering(model, runner, loaded, defaults, layer_map, openers)
+    worker._lasa_steering = steering
     ACTIVE.append(worker._lasa_steering)
     return {"vectors": sorted(loaded),
             "points": {n: sorted(vector_points(v)) for n, v in loaded.items()}}
