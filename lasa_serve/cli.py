@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-space", type=float, default=None, metavar="GIB",
                    help="vLLM: KV cache memory in GiB (kv_cache_memory_bytes; wins over "
                    "VLLM_CPU_KVCACHE_SPACE). Default on the CPU: VLLM_CPU_KVCACHE_SPACE if set, "
-                   "else --max-batch x context x the model's KV bytes per token, at most 4 GiB "
+                   "else --max-batch x context x the model's KV bytes per token, at most 3 GiB "
                    "and a quarter of the machine's memory; on a GPU: vLLM's own")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default auto)")
     p.add_argument("--device", default=None,

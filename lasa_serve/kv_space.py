@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from .budget import config_kv_bytes_per_token
 
 GIB = 1 << 30
-CAP = 4 * GIB
+CAP = 3 * GIB
 ENV = "VLLM_CPU_KVCACHE_SPACE"
 
 
@@ -54,5 +54,5 @@ def choose(kv_space: float | None, on_cpu: bool, hf_config: Any, dtype: str, max
     want = max_batch * context * per_token
     size = max(min(want, CAP, total_memory // 4), context * per_token)
     return KvSpace(size, f"{size / GIB:.2f} GiB: min(--max-batch {max_batch} x context "
-                   f"{context} x {per_token} B/token = {want / GIB:.2f} GiB, 4 GiB, a quarter "
-                   "of memory), at least one context")
+                   f"{context} x {per_token} B/token = {want / GIB:.2f} GiB, "
+                   f"{CAP // GIB} GiB, a quarter of memory), at least one context")

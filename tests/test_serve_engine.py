@@ -81,7 +81,7 @@ def test_engine_args_turn_cuda_graphs_off():
 
 def test_kv_space_is_bounded_by_default():
     """vLLM's CPU default took 19.8 of 23.5 GiB (issue 20); lasa serve's is --max-batch full
-    contexts of the model's KV bytes, at most 4 GiB and a quarter of memory, at least one
+    contexts of the model's KV bytes, at most 3 GiB and a quarter of memory, at least one
     context; --kv-space wins over VLLM_CPU_KVCACHE_SPACE, which wins over the default."""
     from types import SimpleNamespace as NS
 
@@ -92,7 +92,7 @@ def test_kv_space_is_bounded_by_default():
     assert bytes_per_token(smol, "float32") == 2 * 30 * 3 * 64 * 4
     assert bytes_per_token(smol, "bfloat16") == 2 * 30 * 3 * 64 * 2
     big = choose(None, True, smol, "float32", 32, 8192, env={}, total_memory=24 * GIB)
-    assert big.bytes == 4 * GIB and big.source.startswith("4.00 GiB")
+    assert big.bytes == 3 * GIB and big.source.startswith("3.00 GiB")
     assert choose(None, True, smol, "float32", 32, 8192, env={},
                   total_memory=8 * GIB).bytes == 2 * GIB  # a quarter of an 8 GiB machine
     small = choose(None, True, smol, "float32", 2, 512, env={}, total_memory=24 * GIB)
