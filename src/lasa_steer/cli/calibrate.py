@@ -19,7 +19,8 @@ import time
 from dataclasses import replace
 
 from ..types import ACTIONS
-from .common import DATA_DIR_HELP, MODEL_HELP, add_identify, add_placement, load_placed
+from .common import (DATA_DIR_HELP, MODEL_HELP, add_identify, add_mixture, add_placement,
+                     load_placed, mixture_specs)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="validation prompts per language and label (default: all)")
     p.add_argument("--action", choices=ACTIONS, default=None,
                    help="also set the file's default action")
-    p.add_argument("--gate", choices=("keep", "refit"), default="keep",
-                   help="refit: also refit the gate's score and thresholds (default keep)")
+    p.add_argument("--gate", choices=("keep", "refit", "mixture"), default="keep",
+                   help="refit: also refit the gate's score and thresholds on PolyRefuse and "
+                        "mined hard negatives; mixture: refit it on --mixture with operating "
+                        "points set on look-alikes (default keep)")
     p.add_argument("--train-limit", type=int, default=60,
                    help="with --gate refit: PolyRefuse train rows per language and label "
                         "(default 60)")
@@ -48,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe-hidden", type=int, default=64,
                    help="with --gate refit: width of the MLP probe candidate (0 = none)")
     add_identify(p)
+    add_mixture(p)
     p.add_argument("--add-languages", action="store_true",
                    help="only add identification centroids (--identify) for languages the "
                         "gate lacks; its score, thresholds and centroids stay")
@@ -68,8 +72,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.add_languages and args.gate == "refit":
-        raise FitConfigError("--add-languages keeps the gate: drop --gate refit")
+    if args.add_languages and args.gate != "keep":
+        raise FitConfigError(f"--add-languages keeps the gate: drop --gate {args.gate}")
+    mixture = None
+    if args.gate == "mixture":
+        from ..fit.mixture import load_mixture
+        specs = mixture_specs(args)
+        if not specs:
+            raise FitConfigError("--gate mixture needs a --mixture (not 'none')")
+        mixture = load_mixture(specs, args.data_dir)
     t0 = time.perf_counter()
     vector = SteeringVector.load(args.vector)
     model, tok = load_placed(args)
@@ -111,6 +122,18 @@ def run(args: argparse.Namespace) -> int:
         out, report = regate(model, tok, vector, gate_train, val, hard, cfg)
         print(f"gate: chose {report['gate_choice']!r}; hard-negative calibration FPR "
               f"{report['hard_negatives']['calibration_fpr']}")
+    if mixture is not None:
+        from ..fit.mixture_gate import MixtureGateConfig, fit_mixture_gate
+        from ..fit.operating_points import DEFAULT_POINTS
+        mcfg = MixtureGateConfig(points=tuple(args.operating_points or DEFAULT_POINTS))
+        out, mreport = fit_mixture_gate(model, tok, out, mixture, mcfg)
+        report = dict(out.extra.get("language_gate", {}))
+        print(f"gate: chose {mreport['choice']!r} on the mixture; operating points " +
+              ", ".join(f"{k} (test part: harmful "
+                        f"{v['measured']['test'].get('harmful', {}).get('rate', float('nan')):.3f}"
+                        f", look-alikes "
+                        f"{v['measured']['test'].get('lookalike', {}).get('rate', float('nan')):.3f})"
+                        for k, v in mreport["points"].items()))
     if args.action:  # the calibrated strength stays: it is what action 'add' uses
         out = replace(out, default_action=args.action)
     report["identification_check"] = checked or vector.extra.get(

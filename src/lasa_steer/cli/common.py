@@ -133,3 +133,52 @@ def load_placed(args: argparse.Namespace):
     extra = {"max_memory": args.max_memory} if args.max_memory else {}
     return load_model(args.model, dtype=args.dtype, device=args.device,
                       device_map=args.device_map, offload_folder=args.offload_folder, **extra)
+
+
+def mixture_sources(text: str) -> list[str]:
+    """An argparse type: one mixture source (``NAME[:ROLE][*WEIGHT][@LIMIT]``) or ``none``."""
+    from ..errors import FitConfigError
+    from ..fit.mixture import SourceSpec
+    if text.strip() == "none":
+        return []
+    try:
+        SourceSpec.parse(text)
+    except FitConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return [text]
+
+
+def operating_point(text: str):
+    """An argparse type: ``NAME=LOOKALIKE_FPR,HARMLESS_FPR``."""
+    from ..errors import FitConfigError
+    from ..fit.operating_points import parse_point
+    try:
+        return parse_point(text)
+    except FitConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def add_mixture(p: argparse.ArgumentParser) -> None:
+    """The gate's data mixture and operating points (``lasa fit``, ``lasa calibrate``)."""
+    from ..fit.mixture import BUILTIN, DEFAULT_LIMITS, DEFAULT_MIXTURE
+    default = " ".join(f"{n}@{DEFAULT_LIMITS[n]}" for n in DEFAULT_MIXTURE)
+    p.add_argument("--mixture", type=mixture_sources, nargs="+", default=None,
+                   metavar="SOURCE",
+                   help="the gate's training data, sources NAME[:ROLE][*WEIGHT][@LIMIT]: "
+                        f"built-in {', '.join(BUILTIN)}, or a JSONL/CSV file (text,label,lang"
+                        ",group; ROLE = role of its harmless rows: harmless or lookalike); "
+                        f"'none' keeps the PolyRefuse-only gate (default: {default})")
+    p.add_argument("--operating-point", type=operating_point, action="append", default=None,
+                   metavar="NAME=LOOK,HARMLESS", dest="operating_points",
+                   help="an operating point: thresholds at these FPRs on look-alikes and on "
+                        "ordinary harmless prompts (repeat; the first is the default; "
+                        "default: no-harm=0.03,0.01 and recall=0.08,0.03)")
+
+
+def mixture_specs(args: argparse.Namespace):
+    """The parsed ``--mixture`` (None: the default recipe; [] for 'none')."""
+    from ..fit.mixture import SourceSpec, default_specs
+    if args.mixture is None:
+        return default_specs()
+    names = [x for group in args.mixture for x in group]
+    return [SourceSpec.parse(x) for x in names]

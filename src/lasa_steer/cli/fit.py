@@ -7,7 +7,8 @@ import logging
 import time
 from pathlib import Path
 
-from .common import add_identify, add_model_and_data, add_placement, comma_list, load_placed
+from .common import (add_identify, add_mixture, add_model_and_data, add_placement, comma_list,
+                     load_placed, mixture_specs)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
     add_identify(p)
+    add_mixture(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..fit.data import load_labelled, load_polyrefuse, split_examples
     from ..fit.languages import identification_texts
+    from ..fit.mixture import load_mixture
     from ..fit.pipeline import FitConfig, fit, write_report
 
     torch.manual_seed(args.seed)
@@ -85,8 +88,21 @@ def run(args: argparse.Namespace) -> int:
     texts, check = identification_texts(
         {e.lang for e in train}, args.data_dir, cfg.lid_per_language, seed=args.seed,
         sources=args.identify)
+    # the default mixture goes with the default data; a user's --data fits its gate alone
+    # unless --mixture names sources
+    specs = mixture_specs(args) if (args.mixture is not None or args.data == "polyrefuse") \
+        else []
+    mixture = load_mixture(specs, args.data_dir, args.seed) if specs else None  # fail early
     result = fit(model, tok, train, val, cfg, data_info=info, identify_only=texts,
                  identify_check=check)
+    if mixture is not None:
+        from ..fit.mixture_gate import MixtureGateConfig, fit_mixture_gate
+        from ..fit.operating_points import DEFAULT_POINTS
+        mcfg = MixtureGateConfig(points=tuple(args.operating_points or DEFAULT_POINTS),
+                                 batch_size=args.batch_size, progress=not args.no_progress,
+                                 seed=args.seed)
+        result.vector, result.report["mixture_gate"] = fit_mixture_gate(
+            model, tok, result.vector, mixture, mcfg)
     elapsed = time.perf_counter() - t0
     result.report["wall_time_s"] = round(elapsed, 1)
     result.vector.extra["fit_wall_time_s"] = round(elapsed, 1)
@@ -94,8 +110,12 @@ def run(args: argparse.Namespace) -> int:
     stem = Path(args.report) if args.report else out.with_name(out.stem + ".fit")
     paths = write_report(result, stem)
     r = result.report
-    print(f"wrote {out} (bottleneck block {r['bottleneck']}, gate threshold "
-          f"{r['gate']['threshold']:.4f}, refusal {r['refusal']['chosen']} x "
-          f"{r['refusal']['strength']} at blocks {r['refusal']['layers']}) in {elapsed:.0f} s")
+    g = result.vector.gate
+    point = f"operating point {g.operating_point!r}, " if g is not None and g.operating_point \
+        else ""
+    print(f"wrote {out} (bottleneck block {r['bottleneck']}, gate {point}pooled threshold "
+          f"{g.threshold if g is not None else float('nan'):.4f}, refusal "
+          f"{r['refusal']['chosen']} x {r['refusal']['strength']} at blocks "
+          f"{r['refusal']['layers']}) in {elapsed:.0f} s")
     print("report: " + ", ".join(str(p) for p in paths))
     return 0

@@ -38,9 +38,12 @@ def describe(vector: SteeringVector) -> str:
         if hard:
             lines.append(f"hard negs    {hard['train']} trained on, {hard['calibration']} "
                          f"calibrated on (FPR there {hard['calibration_fpr']:.3f})")
+        lines += _points(vector)
         if g.language_aware:
+            at = f"operating point {g.operating_point!r}" if g.operating_point else \
+                f"thresholds at FPR {g.fpr}"
             lines.append(f"languages    {len(g.languages)} centroids at block {g.lid_layer} "
-                         f"(mean state); thresholds at FPR {g.fpr}; others: {g.threshold:.4g}")
+                         f"(mean state); {at}; others: {g.threshold:.4g}")
             per = report.get("per_language", {})
             checked = report.get("identification_check", {})
             for lang in g.languages:
@@ -72,7 +75,7 @@ def describe(vector: SteeringVector) -> str:
             text = json.dumps(value) if not isinstance(value, str) else value
             lines.append(f"provenance   {key}: {text if len(text) < 200 else text[:197] + '...'}")
     for key, value in sorted(meta["extra"].items()):
-        if key == "language_gate":
+        if key in ("language_gate", "mixture_gate"):
             continue
         text = json.dumps(value)
         lines.append(f"extra        {key}: {text if len(text) < 200 else text[:197] + '...'}")
@@ -86,3 +89,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(describe(vector))
     return 0
+
+
+def _points(vector: SteeringVector) -> list[str]:
+    """One block per operating point: its targets and the rates the fit measured on the
+    data it held out (the mixture's test part)."""
+    g = vector.gate
+    if g is None or not g.operating_points:
+        return []
+    lines = []
+    if g.probability_scale is not None:
+        lines.append(f"probability  p(harmful) = sigmoid((score - threshold) / "
+                     f"{g.probability_scale:.4g})")
+    for name, op in g.operating_points.items():
+        mark = " (default)" if name == g.operating_point else ""
+        targets = ", ".join(f"{k} {v:g}" for k, v in op.targets.items())
+        lines.append(f"op. point    {name}{mark}: FPR targets {targets}; pooled threshold "
+                     f"{op.threshold:.4g}")
+        test = op.measured.get("test", {})
+        if test:
+            rates = ", ".join(f"{role} {test[role]['rate']:.1%} of {test[role]['rows']}"
+                              for role in ("harmful", "lookalike", "harmless") if role in test)
+            lines.append(f"               held-out test part fired: {rates}")
+    return lines

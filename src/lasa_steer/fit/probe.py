@@ -38,14 +38,17 @@ def cell_weights(labels: Sequence[int], langs: Sequence[str]) -> torch.Tensor:
 
 
 def train_probe(states: torch.Tensor, labels: Sequence[int], langs: Sequence[str],
-                config: ProbeConfig | None = None) -> Probe:
-    """A probe scoring harmful rows high (``labels`` 1 = harmful)."""
+                config: ProbeConfig | None = None, weights: torch.Tensor | None = None
+                ) -> Probe:
+    """A probe scoring harmful rows high (``labels`` 1 = harmful). ``weights``: per-row
+    loss weights (default :func:`cell_weights`; a data mixture passes its own balance,
+    :meth:`lasa_steer.fit.mixture.Mixture.weights`)."""
     cfg = config or ProbeConfig()
     x = states.detach().float().cpu()
     y = torch.tensor([float(v) for v in labels])
     mu, sd = x.mean(0), x.std(0) + 1e-3
     z = (x - mu) / sd
-    weights = cell_weights(labels, langs)
+    weights = cell_weights(labels, langs) if weights is None else weights.float()
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], cfg.hidden), torch.nn.GELU(),

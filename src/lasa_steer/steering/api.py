@@ -165,7 +165,7 @@ def steer(model: nn.Module, vector: SteeringVector | str | os.PathLike[str],
           mode: str = "gate", action: str | None = None,
           layers: Sequence[int] | None = None, *, direction: str | None = None,
           blocks: str | None = None, allow_mismatch: bool = False,
-          tokenizer: Any = None) -> SteeringHandle:
+          tokenizer: Any = None, operating_point: str | None = None) -> SteeringHandle:
     """Steer ``model`` with ``vector`` (a :class:`SteeringVector` or a path to one).
 
     ``strength``: a scalar or one value per batch row (default: the file's default for its
@@ -180,8 +180,11 @@ def steer(model: nn.Module, vector: SteeringVector | str | os.PathLike[str],
     ``action="refuse"`` makes that sentence the whole reply. Both need ``tokenizer`` (default:
     the one :func:`~lasa_steer.load_model` attached to the model); the text is forced
     through the LM head's logits, so plain ``model.generate`` returns it.
+    ``operating_point`` picks one of the gate's named threshold sets (``lasa info`` lists
+    them with their measured rates; default: the file's, ``no-harm`` for the shipped one).
     """
     vec = vector if isinstance(vector, SteeringVector) else SteeringVector.load(vector)
+    vec = vec.at_operating_point(operating_point)
     vec.check_model(model, blocks=blocks, allow_mismatch=allow_mismatch)
     engine = SteeringEngine(model, blocks=blocks)
     requests = PromptRequests(engine)

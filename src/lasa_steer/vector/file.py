@@ -19,7 +19,7 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import VectorFileError, VectorMismatchError
+from ..errors import SteeringConfigError, VectorFileError, VectorMismatchError
 from ..model.identity import ModelIdentity
 from ..model.layers import find_layers
 from ..types import ACTIONS, POOLINGS, SITES
-from .gate import Gate, check_language_gate, language_fields
+from .gate import Gate, check_language_gate, check_points, language_fields, point_fields
 from .probe import probe_fields
 from .schema import check_metadata
 from .shipped import resolve_vector
 
-FORMAT_VERSION = 3  # the newest format this version writes
-READ_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # the newest format this version writes
+READ_VERSIONS = (1, 2, 3, 4)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _DIR_KEY = re.compile(r"^direction\.([A-Za-z0-9_\-]+)\.(\d+)$")
 
@@ -63,8 +63,28 @@ class SteeringVector:
     provenance: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    # copies of this vector at other operating points (:meth:`at_operating_point`), made
+    # once each so that every request at one point shares one gate object
+    _points: dict[str, "SteeringVector"] = field(default_factory=dict, init=False,
+                                                 repr=False, compare=False)
 
     # ---------------------------------------------------------------- accessors
+    def at_operating_point(self, name: str | None) -> "SteeringVector":
+        """This vector with its gate at operating point ``name`` (see
+        :class:`~lasa_steer.vector.gate.OperatingPoint`); None: as it is. Raise
+        :class:`~lasa_steer.errors.SteeringConfigError` for a name the gate lacks."""
+        if name is None:
+            return self
+        if self.gate is None:
+            raise SteeringConfigError(f"operating_point={name!r}: vector {self.name!r} has "
+                                      "no gate", field="operating_point")
+        gate = self.gate.at(name)
+        if gate is self.gate:
+            return self
+        if name not in self._points:
+            self._points[name] = replace(self, gate=gate)
+        return self._points[name]
+
     @property
     def name(self) -> str:
         return Path(self.path).stem if self.path else self.model.name
@@ -83,8 +103,12 @@ class SteeringVector:
 
     @property
     def format_version(self) -> int:
-        """The oldest format that holds this vector: 3 with an MLP probe gate, 2 with a
-        language-aware gate (older readers must refuse them), else 1."""
+        """The oldest format that holds this vector: 4 with operating points or a
+        probability scale, 3 with an MLP probe gate, 2 with a language-aware gate (older
+        readers must refuse them), else 1."""
+        if self.gate is not None and (self.gate.operating_points or
+                                      self.gate.probability_scale is not None):
+            return 4
         if self.gate is not None and self.gate.probe is not None:
             return 3
         return 2 if self.gate is not None and self.gate.language_aware else 1
@@ -152,6 +176,7 @@ class SteeringVector:
                 check_language_gate(g, n, h, bad)
             if g.probe is not None:
                 g.probe.check(h, bad)
+            check_points(g, bad)
         for key, t in tensors:
             if tuple(t.shape) != (h,):
                 raise bad(f"tensor {key!r} has shape {tuple(t.shape)}, expected ({h},) "
@@ -249,7 +274,7 @@ class SteeringVector:
             gate = Gate(layer=int(gm["layer"]), direction=tensors["gate.direction"].float(),
                         threshold=float(gm["threshold"]), site=str(gm["site"]),
                         pooling=str(gm.get("pooling", "last")), **language_fields(gm, tensors, p),
-                        **probe_fields(gm, tensors, p))
+                        **probe_fields(gm, tensors, p), **point_fields(gm))
         return cls(
             model=ModelIdentity.from_dict(meta["model"]),
             directions=directions,

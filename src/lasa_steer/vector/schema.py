@@ -65,7 +65,12 @@ MODEL = Obj({"name": STR, "architecture": STR, "hidden_size": INT, "num_layers":
             frozenset({"name", "architecture", "hidden_size", "num_layers"}))
 GATE = Obj({"layer": INT, "threshold": NUM, "site": STR, "pooling": STR,
             "languages": ListOf(STR), "thresholds": MapOf(NUM), "fpr": nullable(NUM),
-            "lid_layer": nullable(INT), "probe": Obj({"hidden": INT, "activation": STR})},
+            "lid_layer": nullable(INT), "probe": Obj({"hidden": INT, "activation": STR}),
+            "operating_points": MapOf(Obj({"threshold": NUM, "thresholds": MapOf(NUM),
+                                           "targets": MapOf(NUM), "rule": STR,
+                                           "measured": MapOf(ANY)},
+                                          frozenset({"threshold"}))),
+            "operating_point": nullable(STR), "probability_scale": nullable(NUM)},
            frozenset({"layer", "threshold", "site"}))
 METADATA = Obj({"format_version": VERSION, "model": MODEL, "gate": GATE, "site": STR,
                 "directions": MapOf(ListOf(INT)), "default_direction": STR,
