@@ -50,6 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default action (default: the vector file's)")
     p.add_argument("--strength", dest="default_strength", type=float, default=None,
                    help="default strength (default: the vector file's)")
+    p.add_argument("--operating-point", dest="default_operating_point", default=None,
+                   metavar="NAME",
+                   help="the gates' default operating point, e.g. recall (default: each "
+                        "vector file's, no-harm for the shipped one); a request may name "
+                        "another in steering.operating_point")
     p.add_argument("--max-batch", type=int, default=32,
                    help="rows decoded together (default 32; vLLM: max_num_seqs)")
     p.add_argument("--max-n", type=int, default=16, help="largest n per request (default 16)")
@@ -98,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         served_model_name=args.served_model_name, default_vector=args.default_vector,
         default_mode=args.default_mode, default_action=args.default_action,
         default_strength=args.default_strength,
+        default_operating_point=args.default_operating_point,
         max_batch=args.max_batch, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
         max_model_len=args.max_model_len, default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,

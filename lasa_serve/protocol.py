@@ -74,6 +74,10 @@ class Steering(_Body):
     direction: Optional[str] = Field(None, min_length=1, max_length=64,
                                      pattern=r"^[A-Za-z0-9_-]+$",
                                      description="named direction in the vector file")
+    operating_point: Optional[str] = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the gate's named threshold set, e.g. 'no-harm' (default) or 'recall' "
+                    "(lasa info lists a vector's points)")
 
 
 # body fields whose objects refuse unknown keys, by field name (the errors list their keys)
@@ -180,6 +184,7 @@ class SteeringResult(BaseModel):
     action: Optional[str] = None
     direction: Optional[str] = None
     strength: Optional[float] = None
+    operating_point: Optional[str] = None
     gate_score: Optional[float] = None
     threshold: Optional[float] = None
     language: Optional[str] = None  # identified by a language-aware gate
@@ -243,12 +248,17 @@ class CompletionChunk(_Completion):
 
 
 class ModerationResult(BaseModel):
+    """OpenAI's moderation result: ``category_scores.harmful`` is the gate's probability in
+    [0, 1] (above 0.5 exactly when ``flagged``); ``score`` (the raw gate score), ``threshold``
+    (its language's) and ``operating_point`` are lasa's extra fields."""
+
     flagged: bool
     categories: dict[str, bool]
     category_scores: dict[str, float]
     score: float
     threshold: float  # the threshold of the input's language (language-aware gates)
     language: Optional[str] = None
+    operating_point: Optional[str] = None
 
 
 class ModerationResponse(BaseModel):

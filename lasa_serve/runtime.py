@@ -58,6 +58,7 @@ class ServerConfig:
     default_mode: str = "gate"
     default_action: str | None = None  # None: the vector file's default
     default_strength: float | None = None  # None: the vector file's default
+    default_operating_point: str | None = None  # None: the vector file's default point
     max_batch: int = 32
     max_n: int = 16
     max_batch_tokens: int = 2048  # tokens one worker iteration runs (decode rows + prefill)

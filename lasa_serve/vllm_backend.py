@@ -58,8 +58,10 @@ def plugin_args(row: RowSteering, vector_name: str | None) -> dict[str, Any]:
     explicit (so the plugin's defaults never apply)."""
     if row.mode == "off" or row.vector is None or vector_name is None:
         return lasa_vllm.xargs(mode="off")
+    gate = row.vector.gate
     return lasa_vllm.xargs(vector=vector_name, mode=row.mode, action=row.action,
-                           strength=row.strength, direction=row.direction)
+                           strength=row.strength, direction=row.direction,
+                           operating_point=gate.operating_point if gate is not None else None)
 
 
 def refused_flags(config: Any) -> list[str]:

@@ -194,3 +194,71 @@ def test_operating_point_defects_are_named(tiny_llama, tmp_path):
     vec.gate.operating_point = "nope"
     with pytest.raises(VectorFileError, match="gate.operating_point 'nope'"):
         vec.save(tmp_path / "v.safetensors")
+
+
+# ---------------------------------------------------------------- the mixture gate fit
+def _mixture_files(tmp_path):
+    """Two made-up languages; harmful rows share words with the look-alikes, so only a gate
+    that reads more than the word can keep both rates."""
+    import random
+    rng = random.Random(0)
+
+    def word():
+        return "".join(rng.choice("abcdefghij") for _ in range(5))
+    harmful, safe = [], []
+    for g in range(160):
+        lang = "xaa" if g % 2 else "xzz"
+        harmful.append({"text": f"how to kill my neighbour {word()}", "label": "harmful",
+                        "lang": lang, "group": f"h{g}"})
+        safe.append({"text": f"how to kill a python process {word()}", "label": "harmless",
+                     "lang": lang, "group": f"s{g}"})
+        safe.append({"text": f"a poem about spring {word()}", "label": "harmless",
+                     "lang": lang, "group": f"o{g}"})
+    a = _write(tmp_path / "a.jsonl", harmful + safe[1::2])          # harmful + ordinary
+    b = _write(tmp_path / "b.jsonl", safe[0::2])                    # look-alikes
+    return [SourceSpec(str(a)), SourceSpec(str(b), harmless_role="lookalike")]
+
+
+def test_mixture_gate_sets_points_on_held_out_rows_and_round_trips(tiny_llama, tmp_path):
+    from helpers import ByteTokenizer
+    from lasa_steer import find_layers
+    from lasa_steer.capture import gate_decisions
+    from lasa_steer.fit.mixture_gate import MixtureGateConfig, fit_mixture_gate
+
+    tok = ByteTokenizer()
+    vec = make_vector(tiny_llama, gate_layer=2)
+    g = vec.gate
+    g.languages, g.lid_layer, g.fpr = ("xaa", "xzz"), 0, 0.02
+    g.centroids = torch.randn(2, find_layers(tiny_llama).hidden_size)
+    mixture = load_mixture(_mixture_files(tmp_path))
+    points = (PointSpec("no-harm", 0.05, 0.02), PointSpec("recall", 0.2, 0.1))
+    cfg = MixtureGateConfig(points=points, probe_widths=(8,), epochs=60, min_rows=5,
+                            batch_size=16, progress=False)
+    out, report = fit_mixture_gate(tiny_llama, tok, vec, mixture, cfg)
+    gate = out.gate
+    assert gate.operating_point == "no-harm" and set(gate.operating_points) == {"no-harm", "recall"}
+    assert gate.probe is not None and gate.probability_scale > 0
+    assert report["choice"] == "mlp8" and "held_out_source" in report["candidates"]["mlp8"]
+    # the recall point never sits above the no-harm one (looser targets)
+    for lang, t in gate.operating_points["recall"].thresholds.items():
+        assert t <= gate.operating_points["no-harm"].thresholds[lang]
+    back = SteeringVector.load(out.save(tmp_path / "m.safetensors"))
+    assert back.metadata() == out.metadata()
+    # the calibration part keeps the targets when read through the production gate path
+    cal = mixture.part("calibration")
+    d = gate_decisions(tiny_llama, tok, back, [r.text for r in cal])
+    checked = 0
+    for role, limit in (("lookalike", 0.05), ("harmless", 0.02)):
+        idx = [i for i, r in enumerate(cal) if r.role == role]
+        for lang in ("xaa", "xzz"):
+            own = [i for i in idx if d.langs[i] == lang]
+            if len(own) >= 5:
+                assert float(d.fired[own].double().mean()) <= limit + 1e-9
+                checked += 1
+    assert checked >= 2
+    measured = gate.operating_points["no-harm"].measured
+    assert measured["test"]["lookalike"]["rows"] == sum(
+        r.role == "lookalike" for r in mixture.part("test"))
+    assert out.provenance["gate"]["mixture"]["sources"][1]["harmless_role"] == "lookalike"
+    p = back.gate.probability(d.scores, d.langs)
+    assert ((p > 0.5) == d.fired).all()

@@ -153,6 +153,8 @@ class Generation:
         thr = None
         if self.steer_info.vector:
             v = self.rt.vectors.get(self.steer_info.vector)
+            if v is not None and self.steer_info.operating_point:
+                v = v.at_operating_point(self.steer_info.operating_point)
             # the threshold the (highest-scoring) prompt was compared with: its language's
             thr = v.gate.threshold_for(lang) if v is not None and v.gate is not None else None
         return self.steer_info.model_copy(update={

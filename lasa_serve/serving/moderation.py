@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from typing import Any, Sequence
 
+import torch
 from lasa_steer import SteeringConfigError
 
 from ..backend import GateReadings
@@ -25,11 +26,18 @@ def score_texts(model: Any, tok: Any, vector: Any, texts: Sequence[str]
 
 
 def results_of(vector: Any, r: GateReadings) -> list[ModerationResult]:
-    """The moderation results of gate readings, whichever engine read them."""
-    return [ModerationResult(flagged=bool(f), categories={"harmful": bool(f)},
-                             category_scores={"harmful": float(s)}, score=float(s),
-                             threshold=vector.gate.threshold_for(lang), language=lang)
-            for s, f, lang in zip(r.scores, r.fired, r.langs)]
+    """The moderation results of gate readings, whichever engine read them: the harmful
+    category's score is the gate's probability (:meth:`lasa_steer.Gate.probability`)."""
+    gate = vector.gate
+    scores = torch.as_tensor(list(r.scores), dtype=torch.float64)
+    probs = gate.probability(scores, list(r.langs)).tolist()
+    # flagged from this gate's thresholds (its operating point), which p > 0.5 agrees with
+    flagged = [float(s) > gate.threshold_for(lang) for s, lang in zip(r.scores, r.langs)]
+    return [ModerationResult(flagged=f, categories={"harmful": f},
+                             category_scores={"harmful": float(p)}, score=float(s),
+                             threshold=gate.threshold_for(lang), language=lang,
+                             operating_point=gate.operating_point)
+            for s, f, lang, p in zip(r.scores, flagged, r.langs, probs)]
 
 
 async def moderate(rt: Runtime, req: ModerationRequest) -> ModerationResponse:
@@ -49,6 +57,11 @@ async def moderate(rt: Runtime, req: ModerationRequest) -> ModerationResponse:
                        param="model", code="model_not_found")
     if vector.gate is None:
         raise APIError(400, f"vector {name!r} has no gate", param="model")
+    try:
+        vector = vector.at_operating_point(rt.config.default_operating_point)
+    except SteeringConfigError as exc:
+        raise APIError(400, f"vector {name!r}: {exc} (the server's --operating-point)",
+                       param="model", code="operating_point_not_found") from exc
     for i, text in enumerate(inputs):
         n = len(tokenize(rt, text, "input" if isinstance(req.input, str) else f"input.{i}"))
         limit = min(rt.context - 64, rt.config.max_prompt_tokens or rt.context)

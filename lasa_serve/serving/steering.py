@@ -19,7 +19,7 @@ def resolve_steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, S
     s = s or Steering()
     c = rt.config
     defaults = RequestDefaults(rt.default_vector, c.default_mode, c.default_action,
-                               c.default_strength)
+                               c.default_strength, c.default_operating_point)
     mode = s.mode or c.default_mode
     name = defaults.vector_name(s.vector, s.mode)
     vector = rt.vectors.get(name) if name else None
@@ -40,8 +40,15 @@ def resolve_steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, S
         return OFF, SteeringResult(vector=name if vector is not None else None, mode="off",
                                    action=None, strength=0.0)
     try:
-        row = defaults.row(vector, s.mode, s.action, s.strength, s.direction, rt.openers)
+        row = defaults.row(vector, s.mode, s.action, s.strength, s.direction, rt.openers,
+                           s.operating_point)
     except SteeringConfigError as exc:
+        if exc.field == "operating_point":
+            raise APIError(400, f"steering.operating_point: {exc}",
+                           param="steering.operating_point",
+                           code="operating_point_not_found") from exc
         raise APIError(400, f"steering: {exc}", param="steering") from exc
+    gate = row.vector.gate if row.vector is not None else None
     return row, SteeringResult(vector=name, mode=mode, action=row.action,
-                               direction=row.direction, strength=row.strength)
+                               direction=row.direction, strength=row.strength,
+                               operating_point=gate.operating_point if gate else None)

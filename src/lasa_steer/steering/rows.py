@@ -40,6 +40,7 @@ class RequestDefaults:
     mode: str = "gate"
     action: str | None = None
     strength: float | None = None
+    operating_point: str | None = None  # None: each vector file's default point
 
     def vector_name(self, requested: str | None, mode: str | None) -> str | None:
         """The vector the request steers with (the caller looks it up and says when it is
@@ -52,12 +53,15 @@ class RequestDefaults:
 
     def row(self, vector: SteeringVector | None, mode: str | None, action: str | None,
             strength: float | None, direction: str | None,
-            openers: Openers | None = None) -> "RowSteering":
+            openers: Openers | None = None, operating_point: str | None = None
+            ) -> "RowSteering":
         """The request's row (:data:`OFF` without a vector or in mode ``off``); the default
-        strength applies only to the default action. Raise :class:`SteeringConfigError`."""
+        strength applies only to the default action; the gate at the request's operating
+        point, else the default's, else the file's. Raise :class:`SteeringConfigError`."""
         mode = mode or self.mode
         if vector is None or mode == "off":
             return OFF
+        vector = vector.at_operating_point(operating_point or self.operating_point)
         action = action or self.action or vector.default_action
         if strength is None and action == vector.default_action:
             strength = self.strength

@@ -3,7 +3,7 @@ the OpenAI server's ``extra_body``), resolved against the install's defaults.
 
 The keys mirror the ``steering`` field of ``lasa serve``, flattened because ``vllm_xargs``
 holds only scalars: ``lasa_vector``, ``lasa_mode``, ``lasa_action``, ``lasa_strength``,
-``lasa_direction``. Without any of them a request gets the defaults given at install
+``lasa_direction``, ``lasa_operating_point``. Without any of them a request gets the defaults given at install
 (``mode='off'`` unless a default vector and mode were given).
 """
 
@@ -21,7 +21,7 @@ from ...types import ACTIONS, MODES
 from ...vector.file import SteeringVector
 
 PREFIX = "lasa_"
-KEYS = ("vector", "mode", "action", "strength", "direction")
+KEYS = ("vector", "mode", "action", "strength", "direction", "operating_point")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -39,13 +39,15 @@ class RequestSettings:
     action: str | None = None
     strength: float | None = None
     direction: str | None = None
+    operating_point: str | None = None
 
 
 def xargs(vector: str | None = None, mode: str | None = None, action: str | None = None,
-          strength: float | None = None, direction: str | None = None) -> dict[str, Any]:
+          strength: float | None = None, direction: str | None = None,
+          operating_point: str | None = None) -> dict[str, Any]:
     """``SamplingParams(extra_args=xargs(...))`` / ``extra_body={"vllm_xargs": xargs(...)}``."""
     given = dict(vector=vector, mode=mode, action=action, strength=strength,
-                 direction=direction)
+                 direction=direction, operating_point=operating_point)
     out = {PREFIX + k: v for k, v in given.items() if v is not None}
     parse(out)
     return out
@@ -60,7 +62,7 @@ def parse(extra_args: Mapping[str, Any] | None) -> RequestSettings:
     if unknown:
         raise SteeringConfigError(f"unknown steering key(s) {[PREFIX + k for k in unknown]}; "
                                   f"known: {[PREFIX + k for k in KEYS]}")
-    for key in ("vector", "direction"):
+    for key in ("vector", "direction", "operating_point"):
         v = args.get(key)
         if v is not None and (not isinstance(v, str) or not NAME_RE.match(v) or len(v) > 128):
             raise SteeringConfigError(f"{PREFIX}{key}={v!r}: a name matching {NAME_RE.pattern}",
@@ -79,7 +81,7 @@ def parse(extra_args: Mapping[str, Any] | None) -> RequestSettings:
                 field=PREFIX + "strength")
         strength = float(strength)
     return RequestSettings(args.get("vector"), args.get("mode"), action, strength,
-                           args.get("direction"))
+                           args.get("direction"), args.get("operating_point"))
 
 
 def resolve(s: RequestSettings, vectors: Mapping[str, SteeringVector],
@@ -89,7 +91,15 @@ def resolve(s: RequestSettings, vectors: Mapping[str, SteeringVector],
     setting."""
     name = resolve_names(s, vectors, defaults)
     vector = vectors[name] if name is not None else None
-    return defaults.row(vector, s.mode, s.action, s.strength, s.direction, openers)
+    try:
+        return defaults.row(vector, s.mode, s.action, s.strength, s.direction, openers,
+                            s.operating_point)
+    except SteeringConfigError as exc:
+        if exc.field == "operating_point":  # name the request's key
+            raise SteeringConfigError(str(exc).replace("operating_point=",
+                                                       PREFIX + "operating_point=", 1),
+                                      field=PREFIX + "operating_point") from exc
+        raise
 
 
 def check_choice_default(defaults: Defaults, vectors: Mapping[str, Any]) -> None:
