@@ -262,3 +262,24 @@ def test_mixture_gate_sets_points_on_held_out_rows_and_round_trips(tiny_llama, t
     assert out.provenance["gate"]["mixture"]["sources"][1]["harmless_role"] == "lookalike"
     p = back.gate.probability(d.scores, d.langs)
     assert ((p > 0.5) == d.fired).all()
+
+
+def test_request_operating_point_resolves_for_both_engines(tiny_llama):
+    """lasa serve's steering.operating_point and the vLLM plugin's lasa_operating_point go
+    through one rule: the request's point, else the server default, else the file's."""
+    from lasa_steer.engines.vllm import params
+    from lasa_steer.steering.rows import RequestDefaults
+
+    vec = _pointed(tiny_llama)
+    row = RequestDefaults().row(vec, "gate", "add", None, None, operating_point="recall")
+    assert row.vector.gate.threshold == -1.0 and row.vector.gate.operating_point == "recall"
+    row = RequestDefaults(operating_point="recall").row(vec, "gate", "add", None, None)
+    assert row.vector.gate.threshold == -1.0
+    assert RequestDefaults().row(vec, "gate", "add", None, None).vector is vec
+    s = params.parse(params.xargs(vector="v", mode="gate", operating_point="recall"))
+    assert s.operating_point == "recall"
+    assert params.resolve(s, {"v": vec}, params.Defaults()).vector.gate.threshold == -1.0
+    with pytest.raises(SteeringConfigError) as e:
+        params.resolve(params.parse({"lasa_vector": "v", "lasa_operating_point": "nope"}),
+                       {"v": vec}, params.Defaults())
+    assert e.value.field == "lasa_operating_point"

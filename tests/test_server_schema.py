@@ -68,6 +68,7 @@ negative_data_rejection.expected-statuses = ["400", "404"]
 RUNTIME_REFUSALS = {
     (404, "vector_not_found"),  # a vector name that is not loaded (names change at run time)
     (404, "direction_not_found"),  # a direction the chosen vector does not have
+    (404, "operating_point_not_found"),  # a point the chosen vector's gate does not have
     (404, "model_not_found"),  # moderation `model`: a vector name that is not loaded
     (400, "context_length_exceeded"),  # a prompt's length in tokens (--max-prompt-tokens)
     (400, "batch_limit_exceeded"),  # len(prompt) * n past --max-batch: a product of fields

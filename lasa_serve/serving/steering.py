@@ -44,7 +44,7 @@ def resolve_steering(rt: Runtime, s: Optional[Steering]) -> tuple[RowSteering, S
                            s.operating_point)
     except SteeringConfigError as exc:
         if exc.field == "operating_point":
-            raise APIError(400, f"steering.operating_point: {exc}",
+            raise APIError(404, f"steering.operating_point: {exc}",
                            param="steering.operating_point",
                            code="operating_point_not_found") from exc
         raise APIError(400, f"steering: {exc}", param="steering") from exc

@@ -33,7 +33,7 @@ from typing import Any, Literal, Sequence, get_args
 
 import torch
 
-from ..datafiles import default_data_dir, lang_code, read_instructions
+from ..datafiles import data_folder, lang_code, read_instructions
 from ..errors import DataError, FitConfigError
 from ..types import HARMFUL, HARMLESS
 from .data import Example, load_labelled, load_polyrefuse
@@ -283,7 +283,7 @@ def _refusal_direction(data_dir: str | Path | None, spec: SourceSpec) -> list[Mi
     """Harmless Alpaca prompts with the harmful prompts' vocabulary (train splits only:
     the harmful side is PolyRefuse's English)."""
     from .hard_negatives import hard_negatives
-    root = default_data_dir(data_dir) / "refusal_direction"  # type: ignore[operator]
+    root = data_folder("refusal_direction", data_dir)
     harmful = read_instructions(root / "harmful_train.json")
     harmless = read_instructions(root / "harmless_train.json")
     picked = hard_negatives(harmful, harmless, spec.limit or 400)
@@ -291,13 +291,13 @@ def _refusal_direction(data_dir: str | Path | None, spec: SourceSpec) -> list[Mi
 
 
 def _safety_mix(data_dir: str | Path | None, spec: SourceSpec) -> list[MixRow]:
-    root = default_data_dir(data_dir) / "safety_mix"  # type: ignore[operator]
+    root = data_folder("safety_mix", data_dir)  # names how to get it when missing
     out = []
     for fname in ("harmful_train.jsonl", "harmless_train.jsonl"):
         path = root / fname
         if not path.is_file():
             raise DataError(f"{path}: missing (safety_mix is part of the default mixture; "
-                            "see `lasa data list`, or leave it out with --mixture)")
+                            "see `lasa data list safety_mix`, or leave it out with --mixture)")
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
