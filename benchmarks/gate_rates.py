@@ -37,8 +37,11 @@ sys.path.insert(0, str(REPO / "src"))
 MJ_LANGS = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 
 
-def prompt_sets(data: Path, mgsm_per_language: int) -> dict[str, list[dict[str, Any]]]:
-    """Every evaluated prompt, by set: ``{"text", "lang", "harmful"}``."""
+def prompt_sets(data: Path, mgsm_per_language: int, sample: int
+                ) -> dict[str, list[dict[str, Any]]]:
+    """Every evaluated prompt, by set: ``{"text", "lang", "harmful"}`` (the mixture's test
+    parts: a seeded sample of ``sample`` rows each)."""
+    import random
     from lasa_steer.fit.mixture import SourceSpec, load_mixture
 
     out: dict[str, list[dict[str, Any]]] = {}
@@ -63,6 +66,9 @@ def prompt_sets(data: Path, mgsm_per_language: int) -> dict[str, list[dict[str, 
         mg += [dict(text=x.split("\t")[0], lang=f.stem.removeprefix("mgsm_"), harmful=False)
                for x in lines]
     out["mgsm"] = mg
+    for key in ("lookalike_test", "harmful_test", "ordinary_test"):
+        if len(out[key]) > sample:
+            out[key] = random.Random(0).sample(out[key], sample)
     return out
 
 
@@ -105,6 +111,8 @@ def main() -> int:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--mgsm-per-language", type=int, default=30)
+    p.add_argument("--sample", type=int, default=500,
+                   help="rows sampled from each mixture test part (default 500)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache", default=None, help="a .pt file for scores and languages")
@@ -117,7 +125,7 @@ def main() -> int:
     vector = SteeringVector.load(args.vector)
     gate = vector.gate
     assert gate is not None, "the vector has no gate"
-    sets = prompt_sets(Path(args.data_dir), args.mgsm_per_language)
+    sets = prompt_sets(Path(args.data_dir), args.mgsm_per_language, args.sample)
     got = score_all(args, sets, vector)
     scores, langs = got["scores"], got["langs"]
     spans, i = {}, 0

@@ -54,8 +54,10 @@ def describe(vector: SteeringVector) -> str:
                 if thr is None:  # no labelled prompts: identified, pooled threshold
                     acc = f", identified on {checked[lang]:.2f} of held-out sentences" \
                         if lang in checked else ""
+                    why = "too few calibration rows of its own" if g.operating_points \
+                        else "identification only"
                     lines.append(f"  {lang:<4}       threshold {g.threshold:.4g} (pooled; "
-                                 f"identification only{acc})")
+                                 f"{why}{acc})")
                     continue
                 lines.append(f"  {lang:<4}       threshold {format(thr, '.4g')}{rates}")
     else:
