@@ -35,12 +35,18 @@ def test_flags_without_a_vllm_meaning_are_refused():
 def test_the_plugin_gets_the_resolved_settings_explicitly():
     assert plugin_args(OFF, None) == {"lasa_mode": "off"}
     assert plugin_args(OFF, "v") == {"lasa_mode": "off"}
-    row = RowSteering(vector=object(), strength=2.5, mode="gate", action="add",  # type: ignore
-                      direction="refusal")
+    from types import SimpleNamespace as NS
+
+    row = RowSteering(vector=NS(gate=None), strength=2.5, mode="gate",  # type: ignore
+                      action="add", direction="refusal")
     assert plugin_args(row, "v") == {"lasa_vector": "v", "lasa_mode": "gate",
                                      "lasa_action": "add", "lasa_strength": 2.5,
                                      "lasa_direction": "refusal"}
     assert plugin_args(row, None) == {"lasa_mode": "off"}
+    # the row's vector already sits at the resolved operating point: the plugin gets its name
+    at_point = RowSteering(vector=NS(gate=NS(operating_point="recall")),  # type: ignore
+                           strength=2.5, mode="gate", action="add", direction="refusal")
+    assert plugin_args(at_point, "v")["lasa_operating_point"] == "recall"
 
 
 def _engine_config(cudagraph_mode: str):
