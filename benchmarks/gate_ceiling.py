@@ -21,6 +21,25 @@ nothing here is used to fit or choose what ships.
     python benchmarks/gate_ceiling.py --vector smollm2-135m-instruct \
         --threads 2 --cache /tmp/ceiling.pt --out docs/efficacy_ceiling.json
 
+**With the new data** (``--mixture-cache DIR``, issue 21): the same question, answered with
+the best training data there is instead of 31 MultiJail rows per fold. Probes at the gate
+block (and on several blocks) are trained on the ``train`` part of the data mixture
+(safety_mix, the project's contrast prompts, PolyRefuse: thousands of conversational harmful
+questions and look-alikes; :mod:`lasa_steer.fit.mixture`, its balancing weights), their
+operating points set on its ``calibration`` part by the shipped rule
+(:mod:`lasa_steer.fit.operating_points`), and scored on sets no fit reads: per MultiJail
+language the AUROC against XSTest's safe prompts, against the mixture's held-out look-alikes
+and ordinary prompts (its ``test`` part), and the fire rates at each point. A MultiJail
+oracle (mixture train + one half of MultiJail, grouped by row, 2-fold) marks what data of
+the test's own kind would add. DIR holds one ``.pt`` per prompt set (``blocks``, ``rows``
+with ``text``, ``X`` ``[N, blocks, H]`` last-token states, ``lid`` mean states at the gate's
+language block); mixture rows are matched to their source, role and part by text, and
+``multijail.pt``/``xstest.pt`` hold the test sets. Missing files are captured (mixture rows
+at the shipped recipe's limits).
+
+    python benchmarks/gate_ceiling.py --mixture-cache DIR --threads 1 \
+        --out docs/efficacy_ceiling_mixture.json
+
 ``--blocks 8 11 14 17 20 23 26 29`` adds a multi-block linear probe (states at every listed
 block, last token); the default reads the gate's block only.
 """
@@ -149,9 +168,20 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache", default=None, help="a .pt file for the captured states")
     p.add_argument("--out", default=None, help="write the tables as JSON here")
+    p.add_argument("--mixture-cache", default=None, metavar="DIR",
+                   help="ceiling with the new data: probes trained on the data mixture, from "
+                        "states cached in DIR (module docstring)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.mixture_cache:
+        from lasa_steer.vector.file import SteeringVector
+        report = mixture_ceiling(args, SteeringVector.load(args.vector))
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+            Path(args.out).with_suffix(".md").write_text(mixture_markdown(report) + "\n")
+        print(mixture_markdown(report))
+        return 0
     from lasa_steer.fit.probe import ProbeConfig, train_probe
     from lasa_steer.steering.gate import score
     from lasa_steer.vector.file import SteeringVector
@@ -198,6 +228,221 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return 0
+
+
+MIXTURE_SOURCES = ("safety_mix", "contrast", "polyrefuse")
+FIRST_LAYOUT_BLOCKS = [11, 14, 17, 20]  # cache files written before ``blocks`` was stored
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def _test_sets(data: Path) -> dict[str, list[dict]]:
+    mj = list(csv.DictReader(open(data / "multijail" / "MultiJail_dev.csv", encoding="utf-8")))
+    xs = list(csv.DictReader(open(data / "xstest" / "xstest_prompts.csv", encoding="utf-8")))
+    return {"multijail": [dict(text=r[lang], lang=lang, group=f"mj{r['id']}")
+                          for r in mj for lang in MJ_LANGS if r.get(lang)],
+            "xstest": [dict(text=r["prompt"], lang="en",
+                            label="harmless" if r["label"] == "safe" else "harmful")
+                       for r in xs]}
+
+
+def _capture_file(args, gate, path: Path, rows: list[dict], blocks: list[int]) -> None:
+    """Capture the states of ``rows`` into ``path`` (the cache layout)."""
+    from lasa_steer import load_model
+    from lasa_steer.capture import capture
+
+    model, tok = load_model(args.model)
+    points = [("resid_post", b) for b in blocks]
+    lid = ("resid_post", gate.lid_layer)
+    got = capture(model, tok, [r["text"] for r in rows], points + [lid], batch_size=16,
+                  poolings={lid: "mean"}, progress=path.stem)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"blocks": blocks, "rows": rows, "lid": got[lid],
+                "X": torch.stack([got[p] for p in points], 1)}, path)
+
+
+def _read_states(args, gate, data: Path) -> tuple[list[dict], torch.Tensor, torch.Tensor, list]:
+    """Every cached prompt as ``{"set", "text", "lang", "role", "part", "source", "group"}``
+    with its states ``[N, blocks, H]`` and language reads; ``blocks`` common to all files."""
+    from lasa_steer.fit.mixture import DEFAULT_LIMITS, SourceSpec, load_mixture
+
+    root = Path(args.mixture_cache)
+    mix = load_mixture([SourceSpec(s) for s in MIXTURE_SOURCES], data)
+    by_text = {_norm(r.text): r for r in mix.rows}
+    tests = _test_sets(data)
+    want = sorted({gate.layer, *(args.blocks or [14])})
+    for name, rows in tests.items():
+        if not (root / f"{name}.pt").exists():
+            _capture_file(args, gate, root / f"{name}.pt", rows, want)
+    if not any(f.stem not in tests for f in root.glob("*.pt")):
+        limited = load_mixture([SourceSpec(s, limit=DEFAULT_LIMITS[s]) for s in MIXTURE_SOURCES],
+                               data)
+        _capture_file(args, gate, root / "mixture.pt",
+                      [dict(text=r.text, lang=r.lang) for r in limited.rows], want)
+    files = {f.stem: torch.load(f) for f in sorted(root.glob("*.pt"))}
+    blocks = sorted(set.intersection(*(set(d.get("blocks", FIRST_LAYOUT_BLOCKS))
+                                       for d in files.values())))
+    if gate.layer not in blocks:
+        raise SystemExit(f"--mixture-cache {root}: the gate block {gate.layer} is not in every "
+                         f"file (common blocks {blocks})")
+    rows, xs, lids, seen = [], [], [], set()
+    skipped = 0
+    for name, d in files.items():
+        have = d.get("blocks", FIRST_LAYOUT_BLOCKS)
+        cols = [have.index(b) for b in blocks]
+        for i, r in enumerate(d["rows"]):
+            key = _norm(r["text"])
+            if name in tests:
+                role = "harmful" if name == "multijail" or r.get("label") == "harmful" \
+                    else "harmless"
+                row = dict(set=name, text=r["text"], lang=r["lang"], role=role, part="eval",
+                           source=name, group=r.get("group", f"{name}{i}"))
+            elif key in by_text and key not in seen:
+                m = by_text[key]
+                row = dict(set="mixture", text=m.text, lang=m.lang, role=m.role, part=m.part,
+                           source=m.source, group=m.group)
+            else:
+                skipped += key not in by_text  # e.g. rows dropped from a source since
+                continue
+            seen.add(key)
+            rows.append(row)
+            xs.append(d["X"][i, cols])
+            lids.append(d["lid"][i])
+    print(f"{len(rows)} prompts from {sorted(files)}; {skipped} cached rows not in the "
+          f"mixture (skipped); blocks {blocks}", flush=True)
+    return rows, torch.stack(xs), torch.stack(lids), blocks
+
+
+def mixture_ceiling(args, vec) -> dict:
+    """Probes trained on the data mixture, scored on the test sets (module docstring)."""
+    from lasa_steer.fit.directions import auroc
+    from lasa_steer.fit.mixture import Mixture, MixRow, SourceSpec
+    from lasa_steer.fit.operating_points import DEFAULT_POINTS, calibrate_point, fired
+    from lasa_steer.fit.probe import ProbeConfig, train_probe
+    from lasa_steer.steering.gate import identify, score
+
+    gate = vec.gate
+    assert gate is not None and gate.site == "resid_post" and gate.pooling == "last"
+    rows, X, lid, blocks = _read_states(args, gate, Path(args.data_dir))
+    ids = identify(gate, lid, len(rows))
+    gi = blocks.index(gate.layer)
+
+    def mask(f) -> torch.Tensor:
+        return torch.tensor([bool(f(r)) for r in rows])
+
+    train = mask(lambda r: r["part"] == "train")
+    cal = mask(lambda r: r["part"] == "calibration")
+    mj = mask(lambda r: r["set"] == "multijail")
+    xs_all = mask(lambda r: r["set"] == "xstest" and r["role"] == "harmless")
+    look_t = mask(lambda r: r["part"] == "test" and r["role"] == "lookalike")
+    ord_t = mask(lambda r: r["part"] == "test" and r["role"] == "harmless")
+    harm_t = mask(lambda r: r["part"] == "test" and r["role"] == "harmful")
+    specs = [SourceSpec(s) for s in MIXTURE_SOURCES] + [SourceSpec("multijail")]
+    mrow = [MixRow(r["text"], r["lang"], r["role"], r["source"], r["group"],
+                   r["part"] if r["part"] != "eval" else "train") for r in rows]
+
+    def fit(feats: torch.Tensor, use: torch.Tensor, linear_probe: bool):
+        idx = use.nonzero().flatten().tolist()
+        sub = [mrow[i] for i in idx]
+        w = Mixture(sub, specs).weights(sub)
+        labels = [int(r.role == "harmful") for r in sub]
+        if linear_probe:  # logistic regression on standardised states
+            return linear(feats[idx], torch.tensor(labels, dtype=torch.float), w)
+        return train_probe(feats[idx], labels, [r.lang for r in sub], ProbeConfig(), weights=w)
+
+    def evaluate(s: torch.Tensor, held: torch.Tensor | None = None,
+                 held_mj: torch.Tensor | None = None) -> dict:
+        """AUROCs per MultiJail language and fire rates at the calibrated points; an oracle
+        is scored on its held-out fold only (``held_mj``: MultiJail rows, ``held``: XSTest
+        rows too, when XSTest trained it)."""
+        keep = mj if held_mj is None else mj & held_mj
+        xs_safe = xs_all if held is None else xs_all & held
+        out: dict = {"auroc": {}, "points": {}}
+        for lang in MJ_LANGS:
+            pos = s[keep & mask(lambda r, l=lang: r["lang"] == l)]
+            out["auroc"][lang] = {k: round(auroc(pos, s[m]), 4) for k, m in
+                                  (("vs_xstest_safe", xs_safe), ("vs_lookalikes", look_t),
+                                   ("vs_ordinary", ord_t))}
+        ci = cal.nonzero().flatten().tolist()
+        for spec in DEFAULT_POINTS:
+            op = calibrate_point(spec, s[ci], [ids[i] for i in ci],
+                                 [rows[i]["role"] for i in ci], gate.languages)
+            f = fired(op, s, ids)
+            out["points"][spec.name] = {
+                "xstest_safe": round(float(f[xs_safe].double().mean()), 4),
+                "lookalike_test": round(float(f[look_t].double().mean()), 4),
+                "ordinary_test": round(float(f[ord_t].double().mean()), 4),
+                "harmful_test": round(float(f[harm_t].double().mean()), 4),
+                "multijail_by_language": {lang: round(float(f[keep & mask(
+                    lambda r, l=lang: r["lang"] == l)].double().mean()), 4) for lang in MJ_LANGS}}
+        return out
+
+    g = X[:, gi]
+    flat = X.reshape(len(X), -1)
+    results: dict = {"shipped gate": evaluate(score(gate, g))}
+    probes = {"MLP probe (64 hidden), gate block": (g, False),
+              "linear probe, gate block": (g, True)}
+    if len(blocks) > 1:
+        probes[f"MLP probe (64 hidden), blocks {blocks}"] = (flat, False)
+    for name, (feats, lin) in probes.items():
+        f = fit(feats, train, lin)
+        results[f"mixture {name}"] = evaluate(f(feats))
+    # oracles (2-fold by group): the test sets' own kind of data added to the mixture's
+    # train part; held-out halves are scored (XSTest's too, when it trains)
+    groups = sorted({r["group"] for r in rows if r["set"] in ("multijail", "xstest")})
+    random.Random(0).shuffle(groups)
+    fold = {gr: k % 2 for k, gr in enumerate(groups)}
+    for title, sets in (("MultiJail", ("multijail",)),
+                        ("MultiJail and XSTest safe", ("multijail", "xstest"))):
+        halves = []
+        for k in (0, 1):
+            held = mask(lambda r: r["set"] in sets and fold[r["group"]] == k)
+            extra = mask(lambda r: r["set"] in sets and (r["set"] == "multijail"
+                                                         or r["role"] == "harmless"))
+            f = fit(g, train | (extra & ~held), False)
+            halves.append(evaluate(f(g), held if "xstest" in sets else None, held))
+        results[f"oracle: mixture + half of {title}, MLP, gate block (2-fold)"] = _mean(halves)
+    counts = {"train": int(train.sum()), "calibration": int(cal.sum()),
+              "lookalike_test": int(look_t.sum()), "ordinary_test": int(ord_t.sum()),
+              "harmful_test": int(harm_t.sum()), "multijail": int(mj.sum()),
+              "xstest_safe": int(xs_all.sum())}
+    return {"vector": vec.path, "blocks": blocks, "gate_block": gate.layer, "counts": counts,
+            "results": results}
+
+
+def _mean(tables: list):
+    if isinstance(tables[0], dict):
+        return {k: _mean([t[k] for t in tables]) for k in tables[0]}
+    return round(sum(tables) / len(tables), 4)
+
+
+def mixture_markdown(report: dict) -> str:
+    head = "| | " + " | ".join(MJ_LANGS) + " | mean |"
+    rule = "|---|" + "---|" * (len(MJ_LANGS) + 1)
+    lines = []
+    for key, title in (("vs_xstest_safe", "AUROC, MultiJail vs XSTest safe"),
+                       ("vs_lookalikes", "AUROC, MultiJail vs held-out look-alikes"),
+                       ("vs_ordinary", "AUROC, MultiJail vs held-out ordinary prompts")):
+        lines += [f"{title}:", "", head, rule]
+        for name, r in report["results"].items():
+            v = [r["auroc"][x][key] for x in MJ_LANGS]
+            lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in v)
+                         + f" | {sum(v) / len(v):.2f} |")
+        lines.append("")
+    lines += ["Fire rates at each point (thresholds by the shipped rule on the calibration part):",
+              "", "| probe, point | XSTest safe | look-alikes | ordinary | harmful (test part) | "
+              "MultiJail mean | " + " | ".join(MJ_LANGS) + " |",
+              "|---|---|---|---|---|---|" + "---|" * len(MJ_LANGS)]
+    for name, r in report["results"].items():
+        for point, p in r["points"].items():
+            by = p["multijail_by_language"]
+            lines.append(f"| {name}, {point} | {p['xstest_safe']:.1%} | "
+                         f"{p['lookalike_test']:.1%} | {p['ordinary_test']:.1%} | "
+                         f"{p['harmful_test']:.1%} | {sum(by.values()) / len(by):.1%} | "
+                         + " | ".join(f"{by[x]:.0%}" for x in MJ_LANGS) + " |")
+    return "\n".join(lines)
 
 
 def _w(y: torch.Tensor) -> torch.Tensor:
