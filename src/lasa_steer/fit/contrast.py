@@ -8,6 +8,12 @@ translations of one seed and share its label, so a split by group keeps a seed's
 on one side. The file is written by the project (never derived from XSTest or MultiJail,
 which stay test sets); ``contrast_data/README.md`` says how, and its count tables are the
 output of ``python -m lasa_steer.fit.contrast``.
+
+Some rows are *conversational* translations: casual harmful questions and safe look-alikes
+from the train part of ``safety_mix`` (English only there) translated into languages that
+have no conversational data. Their English seed stays in safety_mix (not repeated here), so
+such a row carries ``kind="conversational"``, ``seed_source="safety_mix"`` and the group
+``conv:<the seed's safety_mix group>``; the mixture gives it its seed's part.
 """
 
 from __future__ import annotations
@@ -25,16 +31,26 @@ from .data import Example
 
 CONTRAST_FILE = Path(__file__).parent / "contrast_data" / "contrast.jsonl"
 FIELDS = ("text", "label", "lang", "category", "group", "source")
+# the extra fields of a conversational translation, with their only value
+CONV_FIELDS = {"kind": "conversational", "seed_source": "safety_mix"}
+CONV_PREFIX = "conv:"
 SOURCE = "lasa-contrast"
 _LABELS = {HARMLESS_KIND: HARMLESS, HARMFUL_KIND: HARMFUL}
 _GROUP = re.compile(r"c\d{4,}")
+_CONV_GROUP = re.compile(re.escape(CONV_PREFIX) + r"\S+")
+
+
+def conv_seed_group(group: str) -> str | None:
+    """The safety_mix group a conversational translation's ``group`` names, else None."""
+    return group[len(CONV_PREFIX):] if group.startswith(CONV_PREFIX) else None
 
 
 def read_contrast(path: str | os.PathLike[str] = CONTRAST_FILE) -> list[dict[str, str]]:
     """Every row of a contrast file, checked: the fields above as non-empty strings, a label
-    name, a normalised language code, a group id ``c0001``, one label and category per group,
-    one row per (group, language), no text twice. A defect raises :class:`DataError` naming
-    the row."""
+    name, a normalised language code, a group id ``c0001`` (or, for a conversational
+    translation, :data:`CONV_FIELDS`, a ``conv:`` group and a language other than English),
+    one label and category per group, one row per (group, language), no text twice. A defect
+    raises :class:`DataError` naming the row."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
@@ -48,16 +64,29 @@ def read_contrast(path: str | os.PathLike[str] = CONTRAST_FILE) -> list[dict[str
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where} is not valid JSON ({exc.msg})") from exc
-        if not isinstance(rec, dict) or sorted(rec) != sorted(FIELDS):
-            raise DataError(f"{where}: expected an object with exactly the fields {FIELDS}")
-        if not all(isinstance(rec[k], str) and rec[k].strip() for k in FIELDS):
+        conv = isinstance(rec, dict) and any(k in rec for k in CONV_FIELDS)
+        fields = FIELDS + tuple(CONV_FIELDS) if conv else FIELDS
+        if not isinstance(rec, dict) or sorted(rec) != sorted(fields):
+            raise DataError(f"{where}: expected an object with exactly the fields {FIELDS}"
+                            f" (a conversational translation also {tuple(CONV_FIELDS)})")
+        if not all(isinstance(rec[k], str) and rec[k].strip() for k in fields):
             raise DataError(f"{where}: every field must be a non-empty string")
         if rec["label"] not in _LABELS:
             raise DataError(f"{where}: label {rec['label']!r} is not one of {tuple(_LABELS)}")
         if lang_code(rec["lang"]) != rec["lang"]:
             raise DataError(f"{where}: language {rec['lang']!r} is not a normalised code "
                             f"(write {lang_code(rec['lang'])!r})")
-        if not _GROUP.fullmatch(rec["group"]):
+        if conv:
+            for k, v in CONV_FIELDS.items():
+                if rec[k] != v:
+                    raise DataError(f"{where}: {k} {rec[k]!r} is not {v!r}")
+            if not _CONV_GROUP.fullmatch(rec["group"]):
+                raise DataError(f"{where}: group {rec['group']!r} of a conversational "
+                                f"translation is not like 'conv:hh:123'")
+            if rec["lang"] == "en":
+                raise DataError(f"{where}: a conversational translation is not English (its "
+                                "English seed is in safety_mix)")
+        elif not _GROUP.fullmatch(rec["group"]):
             raise DataError(f"{where}: group {rec['group']!r} is not like 'c0001'")
         if rec["source"] != SOURCE:
             raise DataError(f"{where}: source {rec['source']!r} is not {SOURCE!r}")

@@ -27,7 +27,7 @@ import hashlib
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence, get_args
 
@@ -36,6 +36,7 @@ import torch
 from ..datafiles import data_folder, lang_code, read_instructions
 from ..errors import DataError, FitConfigError
 from ..types import HARMFUL, HARMLESS
+from .contrast import conv_seed_group
 from .data import Example, load_labelled, load_polyrefuse
 
 Role = Literal["harmful", "harmless", "lookalike"]
@@ -259,7 +260,7 @@ def _load(spec: SourceSpec, data_dir: str | Path | None) -> list[MixRow]:
     if name == "safety_mix":
         return _safety_mix(data_dir, spec)
     if name == "contrast":
-        return _jsonl_rows(CONTRAST_FILE, "contrast", spec)
+        return _contrast(spec)
     path = Path(name)
     if not path.is_file():
         raise DataError(f"mixture source {name!r}: not a built-in source "
@@ -311,6 +312,16 @@ def _safety_mix(data_dir: str | Path | None, spec: SourceSpec) -> list[MixRow]:
             else:
                 group = f"{ds}:{rec.get('id', rec.get('row', n))}"
             out.append(_row(rec["text"], lang_code(rec["lang"]), role, "safety_mix", group))
+    return out
+
+
+def _contrast(spec: SourceSpec) -> list[MixRow]:
+    """The contrast rows; a conversational translation of a safety_mix seed takes its seed's
+    part, so a seed and its translations never straddle two parts."""
+    out = []
+    for r in _jsonl_rows(CONTRAST_FILE, "contrast", spec):
+        seed = conv_seed_group(r.group)
+        out.append(r if seed is None else replace(r, part=part_of("safety_mix", seed)))
     return out
 
 
