@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import random
@@ -408,7 +409,10 @@ def mixture_ceiling(args, vec) -> dict:
               "lookalike_test": int(look_t.sum()), "ordinary_test": int(ord_t.sum()),
               "harmful_test": int(harm_t.sum()), "multijail": int(mj.sum()),
               "xstest_safe": int(xs_all.sum())}
-    return {"vector": vec.path, "blocks": blocks, "gate_block": gate.layer, "counts": counts,
+    path = Path(vec.path).resolve() if vec.path else None
+    shown = str(path.relative_to(REPO)) if path and path.is_relative_to(REPO) else str(path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path else None
+    return {"vector": shown, "vector_sha256_16": sha, "blocks": blocks, "gate_block": gate.layer, "counts": counts,
             "results": results}
 
 

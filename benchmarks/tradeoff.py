@@ -43,6 +43,7 @@ import argparse
 import hashlib
 import json
 import random
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -83,6 +84,7 @@ class Cache:
 
     def __init__(self, path: Path | None):
         self.path = path
+        self.generated = 0  # completions made by this run
         self.data: dict[str, dict[str, Any]] = (
             json.loads(path.read_text()) if path and path.is_file() else {})
         if self.data and not all(isinstance(v, dict) for v in self.data.values()):
@@ -99,6 +101,7 @@ class Cache:
             idx = missing[start:start + batch]
             for i, value in zip(idx, make(idx)):
                 got[keys[i]] = value
+            self.generated += len(idx)
             self.save()
             print(f"  {condition[:60]}: {min(start + batch, len(missing))}/{len(missing)} "
                   "generated", flush=True)
@@ -215,6 +218,14 @@ def english_gate(model, tok, vector, data_dir, items_states):
     d = d / d.norm()
     v = capture(model, tok, [e.text for e in va], [point], progress="english gate: val")[point]
     return {"direction": d.tolist(), "threshold": threshold_for_fpr(v @ d, 0.02)}
+
+
+def shown_path(path: str | None) -> str | None:
+    """``path`` relative to the repository when inside it (reports name no machine)."""
+    if not path:
+        return None
+    p, repo = Path(path).resolve(), Path(__file__).resolve().parents[1]
+    return str(p.relative_to(repo)) if p.is_relative_to(repo) else str(p)
 
 
 def file_digest(vector: SteeringVector) -> str:
@@ -349,8 +360,9 @@ def main() -> None:
         counts[it.bench] = counts.get(it.bench, 0) + 1
     _write(results, per_language, criterion, Path(a.out),
            {"seconds": round(time.time() - t0), "args": vars(a), "n_items": len(items),
-            "counts": counts, "vector": vector.path, "vector_sha256_16": vdig,
-            "operating_points": names, "score_sd": sd})
+            "counts": counts, "vector": shown_path(vector.path), "vector_sha256_16": vdig,
+            "operating_points": names, "score_sd": sd, "argv": sys.argv[1:],
+            "generated": cache.generated})
 
 
 def _per_language(items, gate, thr, base):
@@ -408,7 +420,15 @@ def _write(results, per_language, criterion, out: Path, meta) -> None:
     (out / "tradeoff.json").write_text(json.dumps(
         {"meta": meta, "criterion": criterion, "results": results,
          "per_language": per_language}, indent=1))
-    lines = ["| method | operating point | attack success (en) | over-refusal (PolyRefuse / "
+    cmd = " ".join(["python", "benchmarks/tradeoff.py", *meta["argv"]])
+    lines = [f"`{cmd}`", "",
+             f"{meta['n_items']} prompts ({', '.join(f'{k} {v}' for k, v in meta['counts'].items())}), "
+             f"vector {meta['vector']} (sha256 {meta['vector_sha256_16']}…), greedy, "
+             f"{meta['args']['max_new_tokens']} new tokens, pattern judge; "
+             f"wall time from model load "
+             f"{meta['seconds']} s (completions from --cache where present: "
+             f"{meta['generated']} generated in this run).", "",
+             "| method | operating point | attack success (en) | over-refusal (PolyRefuse / "
              "XSTest) | look-alikes refused | held-out harmful success | ASR reduction (en) | "
              "over-refusal +pp |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
