@@ -35,7 +35,8 @@ the test's own kind would add. DIR holds one ``.pt`` per prompt set (``blocks``,
 with ``text``, ``X`` ``[N, blocks, H]`` last-token states, ``lid`` mean states at the gate's
 language block); mixture rows are matched to their source, role and part by text, and
 ``multijail.pt``/``xstest.pt`` hold the test sets. Missing files are captured (mixture rows
-at the shipped recipe's limits).
+at the shipped recipe's limits; ``--capture-missing contrast`` adds a source's rows that no
+file holds).
 
     python benchmarks/gate_ceiling.py --mixture-cache DIR --threads 1 \
         --out docs/efficacy_ceiling_mixture.json
@@ -172,6 +173,9 @@ def main() -> int:
     p.add_argument("--mixture-cache", default=None, metavar="DIR",
                    help="ceiling with the new data: probes trained on the data mixture, from "
                         "states cached in DIR (module docstring)")
+    p.add_argument("--capture-missing", nargs="*", default=None, metavar="SOURCE",
+                   help="with --mixture-cache: capture this source's rows the cache lacks "
+                        "(e.g. contrast, after rows were added) into DIR/added-SOURCE-N.pt")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -282,6 +286,13 @@ def _read_states(args, gate, data: Path) -> tuple[list[dict], torch.Tensor, torc
                                data)
         _capture_file(args, gate, root / "mixture.pt",
                       [dict(text=r.text, lang=r.lang) for r in limited.rows], want)
+    for source in args.capture_missing or []:  # e.g. rows added to a source since
+        cached = {_norm(r["text"]) for f in root.glob("*.pt") for r in torch.load(f)["rows"]}
+        new = [dict(text=r.text, lang=r.lang) for r in mix.rows
+               if r.source == source and _norm(r.text) not in cached]
+        if new:
+            n = len(list(root.glob(f"added-{source}*.pt")))
+            _capture_file(args, gate, root / f"added-{source}-{n}.pt", new, want)
     files = {f.stem: torch.load(f) for f in sorted(root.glob("*.pt"))}
     blocks = sorted(set.intersection(*(set(d.get("blocks", FIRST_LAYOUT_BLOCKS))
                                        for d in files.values())))
