@@ -68,7 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-tokens", type=int, default=2048,
                    help="tokens one model step may run: decode rows plus prompt prefill; "
                    "longer prompts are prefilled in chunks between decode steps (default 2048; "
-                   "vLLM: max_num_batched_tokens, at least the context: no chunks)")
+                   "vLLM: max_num_batched_tokens)")
+    p.add_argument("--no-chunked-prefill", action="store_true",
+                   help="vLLM engine: prefill every prompt in one step (max_num_batched_tokens "
+                   "at least the context), as before chunked prefill was exact")
+    p.add_argument("--no-prefix-caching", action="store_true",
+                   help="vLLM engine: turn vLLM's prefix caching off")
     p.add_argument("--kv-budget", type=_bytes, default=None, metavar="SIZE",
                    help="KV-cache bytes the running requests may reserve (e.g. 8GiB); each "
                    "row reserves (prompt + max_tokens) tokens, a request waits while it does "
@@ -110,7 +115,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch_tokens=args.max_batch_tokens, kv_budget=args.kv_budget,
         max_moderation_inputs=args.max_moderation_inputs,
         dtype=args.dtype, device=args.device, threads=args.threads, engine=args.engine,
-        allow_unsteered=args.allow_unsteered, kv_space=args.kv_space)
+        allow_unsteered=args.allow_unsteered, kv_space=args.kv_space,
+        chunked_prefill=not args.no_chunked_prefill, prefix_caching=not args.no_prefix_caching)
 
 
 ENGINE_DEAD_EXIT = 3  # the exit status when the engine died (a supervisor restarts)

@@ -76,6 +76,8 @@ class ServerConfig:
     # serve without steering when no vector fits the model (default: refuse to start)
     allow_unsteered: bool = False
     kv_space: float | None = None  # vLLM's KV cache in GiB (None: lasa_serve.kv_space)
+    chunked_prefill: bool = True  # vLLM: prompts over max_batch_tokens run in chunks
+    prefix_caching: bool = True  # vLLM: shared prompt prefixes reuse KV (lasa_steer...cache)
 
 
 def start_hf(config: ServerConfig, metrics: Metrics, model: Any = None,

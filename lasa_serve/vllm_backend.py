@@ -2,8 +2,8 @@
 
 vLLM is imported only when this engine starts (the main environment has none). The engine
 runs with the plugin's :func:`lasa_steer.engines.vllm.engine_kwargs` (what the plugin
-needs: no chunked prefill, no prefix caching, the worker extension and its logits
-processor, and its compilation setting) on an event loop of its own thread, so the routes hand it :class:`~lasa_serve.jobs.Job` s exactly
+needs: the worker extension and its logits processor, and its compilation setting;
+chunked prefill and prefix caching on unless switched off) on an event loop of its own thread, so the routes hand it :class:`~lasa_serve.jobs.Job` s exactly
 as they hand them to the HF scheduler. A job's steering was resolved by the shared rule
 (:func:`lasa_serve.serving.steering.resolve_steering`); :func:`plugin_args` only spells
 the resolved settings as the plugin's ``lasa_*`` keys. Each choice is one vLLM request
@@ -146,8 +146,10 @@ def refuse_unsteerable(vllm_config: Any, version: str) -> None:
 
 def _engine_args(config: Any, source: str, max_len: int) -> dict[str, Any]:
     """``AsyncEngineArgs`` from the server flags: ``--max-batch`` is ``max_num_seqs``,
-    ``--max-model-len`` ``max_model_len``; prompts are never chunked (the plugin refuses
-    chunked prefill), so a step's token budget is at least the context."""
+    ``--max-model-len`` ``max_model_len``, ``--max-batch-tokens`` ``max_num_batched_tokens``;
+    chunked prefill and prefix caching on (exact: :mod:`lasa_steer.engines.vllm.cache`,
+    :mod:`~lasa_steer.engines.vllm.recompute`) unless ``--no-chunked-prefill`` (then a
+    step's token budget is at least the context) or ``--no-prefix-caching``."""
     import torch
 
     dtype = config.dtype or ("auto" if torch.cuda.is_available() else "float32")
@@ -155,8 +157,10 @@ def _engine_args(config: Any, source: str, max_len: int) -> dict[str, Any]:
     return lasa_vllm.engine_kwargs(
         model=source, tokenizer=source, dtype=dtype, max_model_len=max_len,
         max_num_seqs=config.max_batch,
-        max_num_batched_tokens=max(config.max_batch_tokens, max_len),
-        seed=0, disable_log_stats=True)
+        max_num_batched_tokens=config.max_batch_tokens if config.chunked_prefill
+        else max(config.max_batch_tokens, max_len),
+        enable_chunked_prefill=config.chunked_prefill,
+        enable_prefix_caching=config.prefix_caching, seed=0, disable_log_stats=True)
 
 
 class VllmBackend:

@@ -97,8 +97,14 @@ def test_engine_configs_that_cannot_be_exact_are_refused():
     cases = {
         "CUDA graphs": _config(compilation_config=NS(mode=3, cudagraph_mode="PIECEWISE")),
         "steering slots": _config(additional_config=None),
-        "chunked prefill": _config(scheduler_config=NS(enable_chunked_prefill=True)),
-        "prefix caching": _config(cache_config=NS(enable_prefix_caching=True)),
+        "host steering": _config(scheduler_config=NS(enable_chunked_prefill=True),
+                                 additional_config={"lasa_steer": {"steering": "host"}}),
+        "2 worker(s)": _config(scheduler_config=NS(enable_chunked_prefill=True),
+                               parallel_config=NS(pipeline_parallel_size=1, world_size=2,
+                                                  distributed_executor_backend="mp")),
+        "executor 'ray'": _config(scheduler_config=NS(enable_chunked_prefill=True),
+                                  parallel_config=NS(pipeline_parallel_size=1, world_size=1,
+                                                     distributed_executor_backend="ray")),
         "pipeline_parallel_size=2": _config(parallel_config=NS(pipeline_parallel_size=2)),
         "speculative": _config(speculative_config=NS()),
         "V2 model runner": _config(use_v2_model_runner=True),
@@ -108,6 +114,11 @@ def test_engine_configs_that_cannot_be_exact_are_refused():
         found = problems(cfg, "0.32.0")
         assert len(found) == 1 and needle in found[0], (needle, found)
     assert "not a tested release" in problems(_config(), "0.33.1")[0]
+    # chunked prefill (graph steering, one in-process worker) and prefix caching are exact
+    one = NS(pipeline_parallel_size=1, world_size=1, distributed_executor_backend="uni")
+    assert problems(_config(scheduler_config=NS(enable_chunked_prefill=True),
+                            cache_config=NS(enable_prefix_caching=True),
+                            parallel_config=one), "0.32.0") == []
 
 
 def test_cuda_graphs_need_the_graph_steering_and_its_switch():
@@ -180,13 +191,14 @@ def test_additional_config_entry(tmp_path):
 def test_server_args(tmp_path):
     vec = tmp_path / "v.safetensors"
     args = server_args({"smollm2": vec}, default_vector="smollm2", max_model_len=2048)
-    flag = dict(zip(args[::2], args[1::2]))  # the two --no-enable-* flags take no value
+    flag = dict(zip(args[::2], args[1::2]))  # the --no-enable-* flag takes no value
     assert json.loads(args[1]) == {CONFIG_KEY: config_entry({"smollm2": vec},
                                                             default_vector="smollm2")}
     assert " " not in args[1]  # one shell word even unquoted
     assert flag["--logits-processors"] == LOGITS_PROCESSOR
     assert flag["--worker-extension-cls"] == WORKER_EXTENSION
-    assert {"--no-enable-chunked-prefill", "--no-enable-prefix-caching"} <= set(args)
+    assert "--no-enable-chunked-prefill" in args  # exact with one in-process worker only
+    assert "--no-enable-prefix-caching" not in args  # exact: cache terms per request
     # no CUDA graphs (vLLM's CUDA default would replay graphs without the steering slots)
     assert json.loads(args[args.index("--compilation-config") + 1]) == {"cudagraph_mode": "NONE"}
     assert args[-4:] == ["--max-model-len", "2048", "--max-num-batched-tokens", "2048"]

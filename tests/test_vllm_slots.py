@@ -96,7 +96,7 @@ def _runner(num_tokens: int) -> NS:
     import numpy as np
 
     xargs = {"lasa_vector": "v", "lasa_mode": "always", "lasa_action": "add"}
-    return NS(input_batch=NS(num_reqs=1, req_ids=["r"]),
+    return NS(input_batch=NS(num_reqs=1, req_ids=["r"], num_computed_tokens_cpu=np.zeros(1)),
               query_start_loc=NS(np=np.array([0, num_tokens])),
               requests={"r": NS(sampling_params=NS(extra_args=xargs),
                                 num_prompt_tokens=num_tokens)})
@@ -158,11 +158,16 @@ def _run_chunks(runner, pos, x, chunks):
 
 
 @pytest.mark.parametrize("mode", ["always", "gate"])
-def test_the_graph_steering_equals_the_host_steering_in_the_compiled_graph(models, mode):
+def test_the_graph_steering_equals_the_host_steering_in_the_compiled_graph(models, mode,
+                                                                         monkeypatch):
     """Same request, same compiled slots: the graph steering (tensor work on buffers, the
     default) gives the host steering's output bit for bit, and its gate the same score and
     decision; then a prompt run in three passes reads its gate across them and decides in
-    the last one, with the score of the single pass."""
+    the last one, with the score of the single pass; it fired with ``add``, so its earlier
+    passes were unsteered: the steering asks the scheduler to run the prompt again, and
+    that run (the decision kept, no new read) gives the single pass's output."""
+    from lasa_steer.engines.vllm import recompute
+
     from helpers import make_vector
 
     from lasa_steer.engines.vllm.graph import VllmGraphSteering
@@ -200,10 +205,18 @@ def test_the_graph_steering_equals_the_host_steering_in_the_compiled_graph(model
                 original()
                 seen.append(graph.requests["r"].decided)
             graph._after_pass = after
-            _run_chunks(runner, pos, x, [2, 2, 1])
+            monkeypatch.setattr(recompute, "SCHEDULERS", [1])  # as in vLLM's engine core
+            monkeypatch.setattr(recompute, "PENDING", set())
+            first = _run_chunks(runner, pos, x, [2, 2, 1])
             assert seen == [False, False, True]
             assert graph.report()["r"]["gate_score"] == pytest.approx(
                 host_report["gate_score"], rel=1e-6)
+            assert not torch.allclose(first, want)  # chunks 1-2 ran before the decision
+            assert recompute.PENDING == {"r"} and graph.stats["prompt_recomputes"] == 1
+            again = _run_chunks(runner, pos, x, [2, 2, 1])  # the scheduler's second run
+            torch.testing.assert_close(again, want, rtol=1e-6, atol=1e-6)
+            assert seen == [False, False, True, True, True, True]
+            assert graph.stats["prompt_recomputes"] == 1
         graph.remove()
         assert "_model_forward" in vars(runner)  # the runner's own, restored
         assert torch.equal(runner._model_forward(pos, x), plain(pos, x))

@@ -147,10 +147,11 @@ def test_the_running_engine_config_passes_and_others_are_refused(llm):
     assert "steering slots" in problems(cfg(additional_config={}), vllm.__version__)[0]
     assert "logits processor" in problems(cfg(model_config=NS(logits_processors=None)),
                                           vllm.__version__)[0]
-    assert "chunked prefill" in problems(cfg(scheduler_config=NS(enable_chunked_prefill=True)),
-                                         vllm.__version__)[0]
-    assert "prefix caching" in problems(cfg(cache_config=NS(enable_prefix_caching=True)),
-                                        vllm.__version__)[0]
+    # this engine runs the host steering: chunked prefill is refused, prefix caching exact
+    assert "chunked prefill is on with the host steering" in problems(
+        cfg(scheduler_config=NS(enable_chunked_prefill=True)), vllm.__version__)[0]
+    assert vc.cache_config.enable_prefix_caching
+    assert problems(cfg(cache_config=NS(enable_prefix_caching=True)), vllm.__version__) == []
     assert "pipeline" in problems(cfg(parallel_config=NS(pipeline_parallel_size=2)),
                                   vllm.__version__)[0]
     assert "not a tested release" in problems(vc, "0.40.0")[0]

@@ -29,7 +29,9 @@ def test_plain_server_flags_turn_cuda_graphs_off(tmp_path):
                               *server_args({"a": tmp_path / "a.safetensors"})])
     engine = AsyncEngineArgs.from_cli_args(args)
     assert engine.compilation_config.cudagraph_mode.name == "NONE"
-    assert engine.enable_chunked_prefill is False and engine.enable_prefix_caching is False
+    # chunked prefill stays off (a plain server may run tensor-parallel workers); prefix
+    # caching at vLLM's default (each request gets cache terms of its steering)
+    assert engine.enable_chunked_prefill is False and engine.enable_prefix_caching is not False
 
 
 def test_lasa_serve_engine_args_turn_cuda_graphs_off():
@@ -49,4 +51,15 @@ def test_lasa_serve_engine_args_turn_cuda_graphs_off():
 
     config = AsyncEngineArgs(**kwargs).create_engine_config()
     assert config.compilation_config.cudagraph_mode.name == "NONE"
+    assert problems(config, vllm.__version__) == []
+    # chunked prefill and prefix caching on by default; the switches turn them off
+    assert config.scheduler_config.enable_chunked_prefill
+    assert config.cache_config.enable_prefix_caching
+    assert config.scheduler_config.max_num_batched_tokens == 2048
+    off = _engine_args(ServerConfig(max_batch=4, chunked_prefill=False, prefix_caching=False),
+                       source, 4096)
+    config = AsyncEngineArgs(**off).create_engine_config()
+    assert not config.scheduler_config.enable_chunked_prefill
+    assert not config.cache_config.enable_prefix_caching
+    assert config.scheduler_config.max_num_batched_tokens == 4096
     assert problems(config, vllm.__version__) == []

@@ -46,9 +46,12 @@ def engine_kwargs(vectors: Mapping[str, str | Path] | None = None, *,
                   steering: str = DEFAULT_STEERING, cuda_graphs: bool = False,
                   **overrides: Any) -> dict[str, Any]:
     """``vllm.LLM`` / ``AsyncEngineArgs`` keyword arguments the plugin needs (its entry in
-    ``additional_config``, no chunked prefill, no prefix caching, the worker extension and
-    the logits processor), plus ``overrides`` (an ``additional_config`` or
-    ``compilation_config`` dict is merged).
+    ``additional_config``, the worker extension and the logits processor), plus
+    ``overrides`` (an ``additional_config`` or ``compilation_config`` dict is merged).
+    Chunked prefill and prefix caching stay at vLLM's defaults (exact: :mod:`.checks`,
+    :mod:`.cache`, :mod:`.recompute`; ``enable_chunked_prefill=False`` /
+    ``enable_prefix_caching=False`` turn them off), except that the host steering gets
+    ``enable_chunked_prefill=False``.
     With ``vectors`` (name -> file) every worker installs them when its model loads, with
     the ``default_*`` settings, so no :func:`install` call is needed. vLLM's torch.compile
     stays on, CUDA graphs off (``cudagraph_mode`` NONE: :data:`.config.STEERABLE_COMPILATION`)
@@ -71,6 +74,8 @@ def engine_kwargs(vectors: Mapping[str, str | Path] | None = None, *,
     out: dict[str, Any] = dict(ENGINE_KWARGS, worker_extension_cls=WORKER_EXTENSION,
                                logits_processors=[LasaLogitsProcessor],
                                additional_config=extra, compilation_config=compilation)
+    if steering == "host":  # it needs a gate request's whole prompt in one pass
+        out["enable_chunked_prefill"] = False
     out.update(overrides)
     return out
 
@@ -91,7 +96,10 @@ def install(llm: Any, vectors: dict[str, str], default_vector: str | None = None
                                                    allow_mismatch))
     from .logits import LasaLogitsProcessor
 
+    from .cache import CachePolicy
+
     LasaLogitsProcessor.configure(frozenset(paths), defaults)
+    CachePolicy.configure(paths, defaults)
     return list(out)
 
 

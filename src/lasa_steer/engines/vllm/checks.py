@@ -17,10 +17,16 @@ cannot give the HF engine's results exactly.
   torch.compile without CUDA graphs is fine (tested: vLLM's CPU default, Dynamo traced
   once with Inductor, and eager mode). :func:`cuda_graphs_allowed` tells a launcher
   whether to start vLLM with ``cudagraph_mode`` ``NONE``.
-* chunked prefill: a gate-mode prompt split over steps would run its first chunks before the
-  gate decides (unsteered). Require ``enable_chunked_prefill=False``.
-* prefix caching: a request would reuse KV computed under other steering. Require
-  ``enable_prefix_caching=False``.
+* chunked prefill with the host steering (it needs a gate request's whole prompt in one
+  pass), or with the worker in another process than the scheduler (tensor parallel size
+  above 1, or an executor other than ``uni``): a fired ``gate`` request whose action steers
+  prompt tokens and whose prompt was split must have its prompt run again, which the
+  worker asks of the scheduler in process (:mod:`.recompute`). With the graph steering and
+  one in-process worker chunked prefill is exact: the gate and language reads add up
+  across chunks and decide in the pass holding the last prompt token.
+* prefix caching is allowed: each admitted request gets cache terms from its steering
+  (:mod:`.cache`: the ordinary cache for unsteered and opener-only rows, a salt of the
+  settings for rows that steer their prompt, no cache reads for ``gate`` rows).
 * pipeline parallel: the gate block and the steered blocks may sit on different stages
   (the decision would have to cross stages). Require ``pipeline_parallel_size=1``.
 * speculative decoding: draft tokens add rows that are later rejected. Not supported.
@@ -43,11 +49,10 @@ from .config import CONFIG_KEY, LOGITS_PROCESSOR, SLOTS_VERSION, STEERABLE_COMPI
 SUPPORTED_VLLM = ("0.32.",)  # release lines whose model runner the plugin is tested on
 
 # The engine arguments the plugin needs (pass them to vllm.LLM / AsyncEngineArgs).
+# Chunked prefill and prefix caching stay at vLLM's defaults (exact: above).
 ENGINE_KWARGS: dict[str, Any] = {
     "additional_config": {CONFIG_KEY: SLOTS_VERSION},
     "compilation_config": dict(STEERABLE_COMPILATION),
-    "enable_chunked_prefill": False,
-    "enable_prefix_caching": False,
 }
 
 
@@ -83,13 +88,7 @@ def problems(vllm_config: Any, version: str) -> list[str]:
                    "cudagraph_mode NONE (compilation_config={'cudagraph_mode': 'NONE'}) or "
                    "enforce_eager=True")
     if getattr(vllm_config.scheduler_config, "enable_chunked_prefill", False):
-        out.append("chunked prefill is on: a gate-mode prompt split over steps would be "
-                   "partly unsteered; start vLLM with enable_chunked_prefill=False "
-                   "(--no-enable-chunked-prefill)")
-    if getattr(vllm_config.cache_config, "enable_prefix_caching", False):
-        out.append("prefix caching is on: a request could reuse KV computed under other "
-                   "steering; start vLLM with enable_prefix_caching=False "
-                   "(--no-enable-prefix-caching)")
+        out += chunked_prefill_problems(vllm_config)
     pp = int(getattr(vllm_config.parallel_config, "pipeline_parallel_size", 1) or 1)
     if pp > 1:
         out.append(f"pipeline_parallel_size={pp}: the gate block and the steered blocks may "
@@ -100,6 +99,31 @@ def problems(vllm_config: Any, version: str) -> list[str]:
     if bool(getattr(vllm_config, "use_v2_model_runner", False)):
         out.append("the V2 model runner is in use (another batch layout); set "
                    "VLLM_USE_V2_MODEL_RUNNER=0")
+    return out
+
+
+def chunked_prefill_problems(vllm_config: Any) -> list[str]:
+    """Why chunked prefill cannot be exact in this engine (empty: it is)."""
+    out: list[str] = []
+    try:
+        steering = slot_options(vllm_config).steering
+    except SteeringConfigError:
+        steering = "graph"  # the entry's own error is reported by cuda_graphs_allowed
+    if steering != "graph":
+        out.append("chunked prefill is on with the host steering, which needs a gate "
+                   "request's whole prompt in one pass; use the graph steering (the "
+                   "default) or start vLLM with enable_chunked_prefill=False "
+                   "(--no-enable-chunked-prefill)")
+    par = vllm_config.parallel_config
+    world = int(getattr(par, "world_size", 1) or 1)
+    backend = getattr(par, "distributed_executor_backend", None)
+    if world > 1 or backend not in (None, "uni"):
+        out.append(f"chunked prefill is on with {world} worker(s) (executor {backend!r}): "
+                   "a fired gate request whose prompt was split must be run again, which "
+                   "the worker asks of the scheduler in its own process (one worker, "
+                   "executor 'uni'); start vLLM with enable_chunked_prefill=False "
+                   "(--no-enable-chunked-prefill) and max_num_batched_tokens >= "
+                   "max_model_len")
     return out
 
 

@@ -176,15 +176,19 @@ def server_args(vectors: Mapping[str, str | Path], default_vector: str | None = 
     """Arguments for ``vllm serve MODEL`` / ``python -m vllm.entrypoints.openai.api_server
     --model MODEL`` that serve lasa steering: the ``additional_config`` entry, the plugin's
     logits processor (admission checks, forced openers) and worker extension (its report
-    through vLLM's dev-mode ``/collective_rpc``), no chunked prefill, no prefix caching,
-    no CUDA graphs (vLLM's CUDA default; a replayed graph would skip the slots), and with ``max_model_len`` the matching token budget (a prompt is prefilled whole)."""
+    through vLLM's dev-mode ``/collective_rpc``), no chunked prefill (exact with one
+    in-process worker only, :mod:`.checks`; a server with one worker may drop the flag),
+    no CUDA graphs (vLLM's CUDA default; a replayed graph would skip the slots), and with
+    ``max_model_len`` the matching token budget (a prompt is prefilled whole). Prefix
+    caching stays at vLLM's default (each request gets cache terms of its steering,
+    :mod:`.cache`)."""
     entry_value = config_entry(vectors, default_vector, default_mode, default_action,
                                default_strength, allow_mismatch)
     args = ["--additional-config", json.dumps({CONFIG_KEY: entry_value}, sort_keys=True,
                                                     separators=(",", ":")),
             "--logits-processors", LOGITS_PROCESSOR,
             "--worker-extension-cls", WORKER_EXTENSION,
-            "--no-enable-chunked-prefill", "--no-enable-prefix-caching",
+            "--no-enable-chunked-prefill",
             "--compilation-config", json.dumps(STEERABLE_COMPILATION, separators=(",", ":"))]
     if max_model_len is not None:
         args += ["--max-model-len", str(max_model_len),

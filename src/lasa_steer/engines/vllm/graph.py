@@ -19,7 +19,9 @@ settings per request id, reports, forced openers) and moves the per-pass work on
 
 A prompt may come in several passes (chunked prefill): its reads add up across them
 (:class:`~lasa_steer.steering.graph.Segment`); it must start at position 0 (no prefix
-cache hit) while its gate is undecided.
+cache hit: gate requests never read the cache, :mod:`.cache`) while its gate is undecided.
+A request that fires in a pass that did not hold its whole prompt, and whose action steers
+prompt tokens, has its prompt run again with the decision kept (:mod:`.recompute`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ...vector.file import SteeringVector
 from .batch import RequestState, Step, prompt_length
 from .hooks import VllmSteering
 from .params import Defaults
+from .recompute import request as recompute
 from .slots import TARGET
 
 
@@ -68,6 +71,7 @@ class VllmGraphSteering(VllmSteering):
         self._slot_of: dict[str, int] = {}
         self._deciding: dict[int, str] = {}  # slot -> request deciding in this pass
         self._read_upto: dict[str, int] = {}  # prompt positions a gate has read
+        self._split: set[str] = set()  # deciding in this pass, earlier chunks ran before
         super().__init__(model, runner, vectors, defaults, layer_map, openers)
 
     def _attach(self) -> list[Any]:
@@ -109,11 +113,15 @@ class VllmGraphSteering(VllmSteering):
             if self._deciding:
                 slots = list(self._deciding)
                 for slot, (score, fired, lang) in zip(slots, self.graph.decisions(slots)):
-                    s = self.requests[self._deciding[slot]]
+                    req_id = self._deciding[slot]
+                    s = self.requests[req_id]
                     s.score, s.fired, s.lang, s.decided = score, fired, lang, True
                     s.set_opener()
+                    if fired and req_id in self._split and s.row.steer_points():
+                        recompute(req_id)  # its earlier chunks ran unsteered
+                        self.stats["prompt_recomputes"] += 1
         finally:
-            self._deciding = {}
+            self._deciding, self._split = {}, set()
             self.graph.clear()
 
     def _read_step(self, positions: Any) -> Step | None:
@@ -139,6 +147,8 @@ class VllmGraphSteering(VllmSteering):
                         f"lasa: request {req_id!r} runs from position {first} but its gate "
                         f"has read its prompt up to {upto} (prefix caching is on?)")
                 self._read_upto[req_id] = first + int(ends[i] - starts[i])
+                if first > 0 and self._read_upto[req_id] >= length:
+                    self._split.add(req_id)
             segments.append(Segment(slot, int(starts[i]), int(ends[i] - starts[i]), first,
                                     length, reads))
         request_of = {slot: r for r, slot in self._slot_of.items()}

@@ -67,8 +67,11 @@ class VllmSteering:
         self.step: Step | None = None
         self._updates: dict[Point, Update | None] = {}
         self._updates_for: tuple[str, ...] | None = None
-        # passes with steering work, and those that read a gate while other requests decoded
-        self.stats = {"steered_passes": 0, "gate_reads_beside_running": 0}
+        # passes with steering work, those that read a gate while other requests decoded,
+        # prompts run again after their gate fired (chunked prefill, graph steering), and
+        # prompt tokens requests found in the prefix cache
+        self.stats = {"steered_passes": 0, "gate_reads_beside_running": 0,
+                      "prompt_recomputes": 0, "cached_prompt_tokens": 0}
         # boundary -> its points in order (block b-1's output, then block b's input)
         used = {p for v in self.vectors.values() for p in vector_points(v)}
         self._points_at: dict[int, list[Point]] = {}
@@ -121,7 +124,14 @@ class VllmSteering:
         self._drop_finished()
         if not ids:
             return None
-        states = [self.requests.get(r) or self._new(r) for r in ids]
+        computed = self.runner.input_batch.num_computed_tokens_cpu
+        states = []
+        for i, req_id in enumerate(ids):
+            state = self.requests.get(req_id)
+            if state is None:
+                state = self._new(req_id)
+                self.stats["cached_prompt_tokens"] += int(computed[i])  # a cache hit
+            states.append(state)
         if all(s.row.mode == "off" for s in states):
             return None
         return Step(ids, states, starts, ends)
@@ -145,7 +155,8 @@ class VllmSteering:
     def _whole_prompt(self, req_id: str, start: int, end: int, positions: Any
                       ) -> tuple[int, int]:
         """``(first row, prompt length)`` of an undecided request, whose whole prompt must
-        be in this pass (chunked prefill and prefix caching are refused at install)."""
+        be in this pass (the host steering refuses chunked prefill; gate requests never
+        read the prefix cache)."""
         length = prompt_length(self.runner, req_id)
         pos = positions[0] if isinstance(positions, torch.Tensor) and positions.dim() == 2 \
             else positions

@@ -16,7 +16,11 @@ engines without it run untouched:
   the field;
 * the input processor: the process that admits requests learns the vector names and the
   defaults, so the logits processor's ``validate_params`` refuses a request naming a
-  vector that is not loaded (an HTTP 400 from vLLM's OpenAI server).
+  vector that is not loaded (an HTTP 400 from vLLM's OpenAI server); with prefix caching
+  on, each admitted request gets the cache terms of its steering (:mod:`.cache`: a
+  ``cache_salt``, or no cache reads);
+* the scheduler: it runs a fired request's prompt again when the steering asks for it
+  under chunked prefill (:mod:`.recompute`; nothing happens until a request is named).
 
 The entry is also part of vLLM's compile-cache hash (``VllmConfig.compute_hash`` hashes
 ``additional_config``), so a graph compiled without slots is never reused for an engine
@@ -84,13 +88,29 @@ def _validator_after_init(processor: Any, result: Any, *args: Any, **kwargs: Any
     from .logits import LasaLogitsProcessor
 
     LasaLogitsProcessor.configure(frozenset(install.vectors), install.defaults)
+    from .cache import CachePolicy
+
+    CachePolicy.configure(install.vectors, install.defaults)
+
+
+def _cache_terms(processor: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+    """After ``InputProcessor.process_inputs``: the request's prefix-cache terms
+    (:mod:`.cache`), for an engine with steering slots and prefix caching."""
+    cfg = processor.vllm_config
+    if wants_slots(cfg) and getattr(cfg.cache_config, "enable_prefix_caching", False):
+        from .cache import apply
+
+        apply(result)
 
 
 def register() -> None:
     """vLLM calls this in every process on start."""
     from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+    from vllm.v1.core.sched.scheduler import Scheduler
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.worker.worker_base import WorkerWrapperBase
+
+    from . import recompute
 
     _wrap(BaseModelLoader, "load_model", _slots_after_load)
     if "load_model" not in vars(WorkerWrapperBase):
@@ -99,3 +119,8 @@ def register() -> None:
         WorkerWrapperBase.load_model = _delegate_load_model  # type: ignore[attr-defined]
     _wrap(WorkerWrapperBase, "load_model", _install_after_worker_load)
     _wrap(InputProcessor, "__init__", _validator_after_init)
+    _wrap(InputProcessor, "process_inputs", _cache_terms)
+    _wrap(Scheduler, "__init__", recompute.count_scheduler)
+    if not getattr(Scheduler.update_from_output, "_lasa_wrapped", False):
+        Scheduler.update_from_output = recompute.wrap_update(  # type: ignore[method-assign]
+            Scheduler.update_from_output)
