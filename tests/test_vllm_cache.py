@@ -101,18 +101,24 @@ class _Scheduler:
 
 
 def test_the_scheduler_drops_the_token_and_preempts_the_named_request(monkeypatch):
+    """The worker's request rides on a copy of its step output (vLLM reuses some output
+    objects); the scheduler drops that request's sampled token and preempts it."""
     monkeypatch.setattr(recompute, "PENDING", set())
-    monkeypatch.setattr(recompute, "SCHEDULERS", [0])
-    with pytest.raises(RuntimeError, match="no vLLM scheduler runs in this worker"):
-        recompute.request("b")
-    monkeypatch.setattr(recompute, "SCHEDULERS", [1])
     update = recompute.wrap_update(_Scheduler.update_from_output)
     sched = _Scheduler()
     step = NS(num_scheduled_tokens={"a": 1, "b": 7})
     out = NS(sampled_token_ids=[[5], [9]], req_id_to_index={"a": 0, "b": 1})
-    assert update(sched, step, out) == "outputs" and sched.preempted == []  # nothing named
+    assert recompute.attach(out) is out  # nothing named
+    assert update(sched, step, out) == "outputs" and sched.preempted == []
     recompute.request("b")
-    assert update(sched, step, NS(sampled_token_ids=[[5], [9]],
-                                  req_id_to_index={"a": 0, "b": 1})) == "outputs"
+    sent = recompute.attach(out)
+    assert sent is not out and not hasattr(out, recompute.ATTR) and not recompute.PENDING
+    assert getattr(sent, recompute.ATTR) == ("b",)
+    assert update(sched, step, sent) == "outputs"
     assert sched.seen == [[5], []] and sched.preempted == ["b"]
-    assert [r.name for r in sched.running] == ["a"] and not recompute.PENDING
+    assert [r.name for r in sched.running] == ["a"]
+    # an async output carries the ids into the output it gives later
+    recompute.request("a")
+    later = NS(get_output=lambda: out)
+    assert getattr(recompute.attach(later).get_output(), recompute.ATTR) == ("a",)
+    assert recompute.attach(None) is None

@@ -99,12 +99,9 @@ def test_engine_configs_that_cannot_be_exact_are_refused():
         "steering slots": _config(additional_config=None),
         "host steering": _config(scheduler_config=NS(enable_chunked_prefill=True),
                                  additional_config={"lasa_steer": {"steering": "host"}}),
-        "2 worker(s)": _config(scheduler_config=NS(enable_chunked_prefill=True),
-                               parallel_config=NS(pipeline_parallel_size=1, world_size=2,
-                                                  distributed_executor_backend="mp")),
-        "executor 'ray'": _config(scheduler_config=NS(enable_chunked_prefill=True),
-                                  parallel_config=NS(pipeline_parallel_size=1, world_size=1,
-                                                     distributed_executor_backend="ray")),
+        "2 workers": _config(scheduler_config=NS(enable_chunked_prefill=True),
+                             parallel_config=NS(pipeline_parallel_size=1, world_size=2,
+                                                distributed_executor_backend="mp")),
         "pipeline_parallel_size=2": _config(parallel_config=NS(pipeline_parallel_size=2)),
         "speculative": _config(speculative_config=NS()),
         "V2 model runner": _config(use_v2_model_runner=True),
@@ -115,10 +112,11 @@ def test_engine_configs_that_cannot_be_exact_are_refused():
         assert len(found) == 1 and needle in found[0], (needle, found)
     assert "not a tested release" in problems(_config(), "0.33.1")[0]
     # chunked prefill (graph steering, one in-process worker) and prefix caching are exact
-    one = NS(pipeline_parallel_size=1, world_size=1, distributed_executor_backend="uni")
-    assert problems(_config(scheduler_config=NS(enable_chunked_prefill=True),
-                            cache_config=NS(enable_prefix_caching=True),
-                            parallel_config=one), "0.32.0") == []
+    for backend in ("uni", "mp"):  # in the engine core's process, or a worker process
+        one = NS(pipeline_parallel_size=1, world_size=1, distributed_executor_backend=backend)
+        assert problems(_config(scheduler_config=NS(enable_chunked_prefill=True),
+                                cache_config=NS(enable_prefix_caching=True),
+                                parallel_config=one), "0.32.0") == []
 
 
 def test_cuda_graphs_need_the_graph_steering_and_its_switch():

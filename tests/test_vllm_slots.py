@@ -205,7 +205,6 @@ def test_the_graph_steering_equals_the_host_steering_in_the_compiled_graph(model
                 original()
                 seen.append(graph.requests["r"].decided)
             graph._after_pass = after
-            monkeypatch.setattr(recompute, "SCHEDULERS", [1])  # as in vLLM's engine core
             monkeypatch.setattr(recompute, "PENDING", set())
             first = _run_chunks(runner, pos, x, [2, 2, 1])
             assert seen == [False, False, True]

@@ -53,14 +53,21 @@ def vanilla(hf):
 
 @pytest.fixture(scope="module")
 def runs(hf, vanilla):
-    """The plugin's engine (the vector installed at load): the mixed batch twice, and the
+    """The plugin's engine (the vector installed at load), its worker in a process of its
+    own (vLLM's multiprocessing executor, as ``lasa serve`` runs on the CPU: the request to
+    run a prompt again travels on the pickled step output): the mixed batch twice, and the
     worker's counters after each run."""
     eng = _engine(**lasa_vllm.engine_kwargs({"smollm2": VECTOR}, enforce_eager=True,
-                                            max_num_batched_tokens=CHUNK))
+                                            max_num_batched_tokens=CHUNK,
+                                            distributed_executor_backend="mp"))
     try:
         cfg = eng.llm_engine.vllm_config
         assert cfg.scheduler_config.enable_chunked_prefill
         assert cfg.cache_config.enable_prefix_caching and cfg.cache_config.block_size == 32
+        assert cfg.parallel_config.distributed_executor_backend == "mp"
+        assert eng.collective_rpc("lasa_stats")[0]["steered_passes"] == 0
+        import os
+        assert eng.collective_rpc(lambda worker: os.getpid())[0] != os.getpid()
         out = []
         for _ in range(2):
             outs, report = run_mixed(eng, hf[1])

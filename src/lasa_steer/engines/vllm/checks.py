@@ -18,12 +18,12 @@ cannot give the HF engine's results exactly.
   once with Inductor, and eager mode). :func:`cuda_graphs_allowed` tells a launcher
   whether to start vLLM with ``cudagraph_mode`` ``NONE``.
 * chunked prefill with the host steering (it needs a gate request's whole prompt in one
-  pass), or with the worker in another process than the scheduler (tensor parallel size
-  above 1, or an executor other than ``uni``): a fired ``gate`` request whose action steers
-  prompt tokens and whose prompt was split must have its prompt run again, which the
-  worker asks of the scheduler in process (:mod:`.recompute`). With the graph steering and
-  one in-process worker chunked prefill is exact: the gate and language reads add up
-  across chunks and decide in the pass holding the last prompt token.
+  pass), or with more than one worker (tensor parallel: the re-run below would rest on the
+  output rank's decisions, untested). With the graph steering and one worker (in the engine
+  core's process, or vLLM's multiprocessing executor) chunked prefill is exact: the gate
+  and language reads add up across chunks and decide in the pass holding the last prompt
+  token, and a fired ``gate`` request whose action steers prompt tokens and whose prompt
+  was split has its prompt run again (:mod:`.recompute`).
 * prefix caching is allowed: each admitted request gets cache terms from its steering
   (:mod:`.cache`: the ordinary cache for unsteered and opener-only rows, a salt of the
   settings for rows that steer their prompt, no cache reads for ``gate`` rows).
@@ -114,14 +114,11 @@ def chunked_prefill_problems(vllm_config: Any) -> list[str]:
                    "request's whole prompt in one pass; use the graph steering (the "
                    "default) or start vLLM with enable_chunked_prefill=False "
                    "(--no-enable-chunked-prefill)")
-    par = vllm_config.parallel_config
-    world = int(getattr(par, "world_size", 1) or 1)
-    backend = getattr(par, "distributed_executor_backend", None)
-    if world > 1 or backend not in (None, "uni"):
-        out.append(f"chunked prefill is on with {world} worker(s) (executor {backend!r}): "
-                   "a fired gate request whose prompt was split must be run again, which "
-                   "the worker asks of the scheduler in its own process (one worker, "
-                   "executor 'uni'); start vLLM with enable_chunked_prefill=False "
+    world = int(getattr(vllm_config.parallel_config, "world_size", 1) or 1)
+    if world > 1:
+        out.append(f"chunked prefill is on with {world} workers: a fired gate request whose "
+                   "prompt was split is run again on the output rank's word, untested with "
+                   "more than one worker; start vLLM with enable_chunked_prefill=False "
                    "(--no-enable-chunked-prefill) and max_num_batched_tokens >= "
                    "max_model_len")
     return out

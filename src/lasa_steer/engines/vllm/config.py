@@ -176,8 +176,8 @@ def server_args(vectors: Mapping[str, str | Path], default_vector: str | None = 
     """Arguments for ``vllm serve MODEL`` / ``python -m vllm.entrypoints.openai.api_server
     --model MODEL`` that serve lasa steering: the ``additional_config`` entry, the plugin's
     logits processor (admission checks, forced openers) and worker extension (its report
-    through vLLM's dev-mode ``/collective_rpc``), no chunked prefill (exact with one
-    in-process worker only, :mod:`.checks`; a server with one worker may drop the flag),
+    through vLLM's dev-mode ``/collective_rpc``), no chunked prefill (refused with more
+    than one worker, :mod:`.checks`; a server with one worker may drop the flag),
     no CUDA graphs (vLLM's CUDA default; a replayed graph would skip the slots), and with
     ``max_model_len`` the matching token budget (a prompt is prefilled whole). Prefix
     caching stays at vLLM's default (each request gets cache terms of its steering,

@@ -39,22 +39,38 @@ from ...vector.file import SteeringVector
 from .batch import RequestState, Step, prompt_length
 from .hooks import VllmSteering
 from .params import Defaults
-from .recompute import request as recompute
+from .recompute import attach, request as recompute
 from .slots import TARGET
 
 
+OUTPUT_METHODS = ("execute_model", "sample_tokens")  # the runner's, returning the output
+
+
 class _Unwrap:
-    """Handle that restores the runner's own ``_model_forward``."""
+    """Handle that restores the runner's own ``_model_forward`` and output methods."""
+
+    NAMES = ("_model_forward",) + OUTPUT_METHODS
 
     def __init__(self, runner: Any):
         self.runner = runner
-        self.own = vars(runner).get("_model_forward")  # an instance attribute, if any
+        self.own = {n: vars(runner).get(n) for n in self.NAMES}  # instance attributes, if any
 
     def remove(self) -> None:
-        if self.own is not None:
-            self.runner._model_forward = self.own
-        else:
-            vars(self.runner).pop("_model_forward", None)
+        for name, own in self.own.items():
+            if own is not None:
+                setattr(self.runner, name, own)
+            else:
+                vars(self.runner).pop(name, None)
+
+
+def _carrying(method: Any) -> Any:
+    """``method`` whose returned step output carries the prompts to run again
+    (:func:`.recompute.attach`)."""
+
+    @functools.wraps(method)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return attach(method(*args, **kwargs))
+    return wrapped
 
 
 class VllmGraphSteering(VllmSteering):
@@ -95,6 +111,9 @@ class VllmGraphSteering(VllmSteering):
             return out
 
         self.runner._model_forward = forward
+        for name in OUTPUT_METHODS:  # the step's output carries prompts to run again
+            if hasattr(self.runner, name):
+                setattr(self.runner, name, _carrying(getattr(self.runner, name)))
         TARGET.fn = self.slot
         return [handle]
 

@@ -120,7 +120,6 @@ def register() -> None:
     _wrap(WorkerWrapperBase, "load_model", _install_after_worker_load)
     _wrap(InputProcessor, "__init__", _validator_after_init)
     _wrap(InputProcessor, "process_inputs", _cache_terms)
-    _wrap(Scheduler, "__init__", recompute.count_scheduler)
     if not getattr(Scheduler.update_from_output, "_lasa_wrapped", False):
         Scheduler.update_from_output = recompute.wrap_update(  # type: ignore[method-assign]
             Scheduler.update_from_output)

@@ -13,47 +13,67 @@ so every chunk of the second run is steered, which is the HF engine's single pas
 same rule as ``lasa serve``'s chunked prefill, :mod:`lasa_serve.prefill`). Such a request
 never reads the prefix cache (:mod:`.cache`), so the second run computes every token.
 
-The worker and the scheduler must share a process: the engine core runs its worker in
-process only with one worker (``UniProcExecutor``); :mod:`.checks` refuses chunked prefill
-otherwise. Importing this module does not import vLLM.
+The request travels on the step's output: the worker (its model runner's ``execute_model``
+/ ``sample_tokens``, wrapped by the graph steering) sets :data:`ATTR` on the
+``ModelRunnerOutput`` it returns (:func:`attach`), which reaches the scheduler in the
+engine core's process as it is (in process, or pickled by vLLM's multiprocessing
+executor); with tensor parallelism every rank decides alike and the output rank's list is
+the one read. Importing this module does not import vLLM.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable
 
-PENDING: set[str] = set()  # request ids whose prompt runs again (this process)
-SCHEDULERS = [0]  # schedulers built in this process (a worker checks it shares one)
+ATTR = "lasa_recompute"  # on a ModelRunnerOutput: request ids whose prompt runs again
+PENDING: set[str] = set()  # named in this worker since its last output
 
 
 def request(req_id: str) -> None:
-    """Ask the scheduler of this process to run ``req_id``'s prompt again, dropping the
-    token sampled in the pass that just ran."""
-    if not SCHEDULERS[0]:
-        raise RuntimeError("lasa: a fired request's prompt must be run again (chunked "
-                           "prefill) but no vLLM scheduler runs in this worker's process; "
-                           "chunked prefill needs one in-process worker (tensor and "
-                           "pipeline parallel size 1, distributed_executor_backend 'uni')")
+    """Ask the scheduler to run ``req_id``'s prompt again, dropping the token sampled in
+    the pass that just ran (sent with this step's output, :func:`attach`)."""
     PENDING.add(req_id)
 
 
-def count_scheduler(scheduler: Any, result: Any, *args: Any, **kwargs: Any) -> None:
-    """After ``Scheduler.__init__``: this process has a scheduler."""
-    SCHEDULERS[0] += 1
+def attach(output: Any) -> Any:
+    """``output`` (a runner's ``ModelRunnerOutput``, an async one, or None) carrying the
+    pending request ids (a copy: vLLM reuses some outputs), which are then cleared."""
+    if not PENDING or output is None:
+        return output
+    ids = tuple(sorted(PENDING))
+    if hasattr(output, "get_output"):  # AsyncModelRunnerOutput: the real one comes later
+        PENDING.clear()
+        later = output.get_output
+
+        def get_output() -> Any:
+            return _with(later(), ids)
+        output.get_output = get_output
+        return output
+    if not hasattr(output, "sampled_token_ids"):
+        return output
+    PENDING.clear()
+    return _with(output, ids)
+
+
+def _with(output: Any, ids: tuple[str, ...]) -> Any:
+    out = copy.copy(output)
+    setattr(out, ATTR, ids)
+    return out
 
 
 def wrap_update(original: Callable[..., Any]) -> Callable[..., Any]:
     """``Scheduler.update_from_output`` that first drops the sampled tokens of the requests
-    in :data:`PENDING` and, after the original, preempts them (they then run from their
-    first token). Without pending requests it is the original."""
+    the output names (:data:`ATTR`) and, after the original, preempts them (they then run
+    from their first token). An output that names none goes to the original untouched."""
 
     def update_from_output(self: Any, scheduler_output: Any, model_runner_output: Any
                            ) -> Any:
-        if not PENDING:
+        named = getattr(model_runner_output, ATTR, None)
+        if not named:
             return original(self, scheduler_output, model_runner_output)
-        redo = [r for r in PENDING if r in scheduler_output.num_scheduled_tokens]
-        PENDING.difference_update(redo)
+        redo = [r for r in named if r in scheduler_output.num_scheduled_tokens]
         sampled = model_runner_output.sampled_token_ids
         index = model_runner_output.req_id_to_index
         for req_id in redo:
