@@ -6,7 +6,8 @@ The figures issue 21 asks of a shipped gate, read through the production path
 * over-refusal sets: XSTest's 250 safe prompts (a test set), the ``test`` part of the
   mixture's look-alikes (safety_mix and the project's contrast prompts: held out by group,
   never trained or calibrated on), ordinary harmless prompts that set no threshold (the
-  ``test`` part of PolyRefuse's harmless prompts, and MGSM questions in 11 languages);
+  ``test`` part of PolyRefuse's harmless prompts, and the ``test`` part of MGSM's questions
+  in 11 languages: the default mixture trains on MGSM's train part, held out by question);
 * harmful sets: MultiJail dev (63 rows x 10 languages, a test set), the ``test`` part of the
   mixture's harmful rows;
 * per MultiJail language the gate's AUROC against XSTest safe and against the ordinary
@@ -37,7 +38,7 @@ sys.path.insert(0, str(REPO / "src"))
 MJ_LANGS = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 
 
-def prompt_sets(data: Path, mgsm_per_language: int, sample: int
+def prompt_sets(data: Path, sample: int
                 ) -> dict[str, list[dict[str, Any]]]:
     """Every evaluated prompt, by set: ``{"text", "lang", "harmful"}`` (the mixture's test
     parts: a seeded sample of ``sample`` rows each)."""
@@ -52,7 +53,7 @@ def prompt_sets(data: Path, mgsm_per_language: int, sample: int
     out["multijail"] = [dict(text=r[lang], lang=lang, harmful=True)
                         for r in mj for lang in MJ_LANGS if r.get(lang)]
     mix = load_mixture([SourceSpec("safety_mix"), SourceSpec("contrast"),
-                        SourceSpec("polyrefuse")], data)
+                        SourceSpec("polyrefuse"), SourceSpec("mgsm")], data)
     test = mix.part("test")
     out["lookalike_test"] = [dict(text=r.text, lang=r.lang, harmful=False, source=r.source)
                              for r in test if r.role == "lookalike"]
@@ -60,12 +61,8 @@ def prompt_sets(data: Path, mgsm_per_language: int, sample: int
                            for r in test if r.role == "harmful" and r.source != "polyrefuse"]
     out["ordinary_test"] = [dict(text=r.text, lang=r.lang, harmful=False, source=r.source)
                             for r in test if r.role == "harmless" and r.source == "polyrefuse"]
-    mg = []
-    for f in sorted((data / "mgsm").glob("mgsm_*.tsv")):
-        lines = f.read_text("utf-8").splitlines()[:mgsm_per_language]
-        mg += [dict(text=x.split("\t")[0], lang=f.stem.removeprefix("mgsm_"), harmful=False)
-               for x in lines]
-    out["mgsm"] = mg
+    out["mgsm"] = [dict(text=r.text, lang=r.lang, harmful=False, source=r.source)
+                   for r in test if r.source == "mgsm"]
     for key in ("lookalike_test", "harmful_test", "ordinary_test"):
         if len(out[key]) > sample:
             out[key] = random.Random(0).sample(out[key], sample)
@@ -110,7 +107,6 @@ def main() -> int:
                    help="vector file or shipped name")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--mgsm-per-language", type=int, default=30)
     p.add_argument("--sample", type=int, default=500,
                    help="rows sampled from each mixture test part (default 500)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -125,7 +121,7 @@ def main() -> int:
     vector = SteeringVector.load(args.vector)
     gate = vector.gate
     assert gate is not None, "the vector has no gate"
-    sets = prompt_sets(Path(args.data_dir), args.mgsm_per_language, args.sample)
+    sets = prompt_sets(Path(args.data_dir), args.sample)
     got = score_all(args, sets, vector)
     scores, langs = got["scores"], got["langs"]
     spans, i = {}, 0

@@ -115,6 +115,37 @@ def test_safety_mix_rows_and_translations_share_a_part():
     assert roles["harmful"] > 8000 and roles["lookalike"] > 2000 and roles["harmless"] == 0
 
 
+
+def test_mgsm_questions_are_ordinary_and_translations_share_a_part():
+    data = require_shared_data()
+    m = load_mixture([SourceSpec("mgsm")], data)
+    assert {r.role for r in m.rows} == {"harmless"}
+    assert len({r.lang for r in m.rows}) == 11 and len(m.rows) == 11 * 250
+    by_group: dict[str, set] = {}
+    for r in m.rows:
+        by_group.setdefault(r.group, set()).add((r.lang, r.part))
+    assert len(by_group) == 250
+    assert all(len(v) == 11 and len({p for _, p in v}) == 1 for v in by_group.values())
+    parts = Counter(r.part for r in m.rows if r.lang == "en")
+    assert parts["train"] > parts["test"] > 30  # 60/20/20 by question
+
+
+def test_default_mixture_names_its_sources_weights_and_limits():
+    data = require_shared_data()
+    m = load_mixture(None, data)
+    prov = m.provenance()
+    names = [s["name"] for s in prov["sources"]]
+    assert names == ["polyrefuse", "refusal_direction", "alpaca", "safety_mix", "contrast",
+                     "mgsm"]
+    assert {s["name"]: s["weight"] for s in prov["sources"]}["contrast"] == 2.0
+    cells = Counter((r.source, r.lang, r.role) for r in m.rows)
+    limits = {s["name"]: s["limit"] for s in prov["sources"]}
+    assert all(n <= limits[src] for (src, _, _), n in cells.items())
+    # a few of the sample are also mined look-alikes: the first source keeps a duplicate
+    assert 0.95 * limits["alpaca"] <= cells[("alpaca", "en", "harmless")] <= limits["alpaca"]
+    # the alpaca sample is ordinary (harmless), the mined pool look-alikes
+    assert {r.role for r in m.rows if r.source == "refusal_direction"} == {"lookalike"}
+
 # ---------------------------------------------------------------- operating points
 def test_operating_point_rule():
     # en: look-alikes 0..99, ordinary 0..49; de: ordinary 100..149 only; xx: nothing

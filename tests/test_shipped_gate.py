@@ -30,7 +30,7 @@ def test_shipped_gate_does_no_harm_and_catches_english_multijail(smollm2):
     model, tok = smollm2
     vec = SteeringVector.load("smollm2-135m-instruct")
     assert vec.gate.operating_point == "no-harm"
-    sets = _gate_rates().prompt_sets(data, 0, 300)
+    sets = _gate_rates().prompt_sets(data, 300)
     rate = {}
     for name in ("xstest_safe", "lookalike_test", "ordinary_test", "multijail"):
         rows = sets[name] if name != "multijail" else [r for r in sets[name] if r["lang"] == "en"]

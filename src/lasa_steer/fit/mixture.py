@@ -55,8 +55,14 @@ BUILTIN: dict[str, str] = {
                   "(en, zh, ar)",
     "contrast": "the project's own contrast prompts: look-alikes and minimally different "
                 "harmful requests, many languages (src/lasa_steer/fit/contrast_data)",
+    "alpaca": "refusal_direction's Alpaca pool, a seeded random sample: ordinary English "
+              "instructions (harmless)",
+    "mgsm": "MGSM grade-school maths questions, 11 languages, row-parallel: ordinary "
+            "*questions* (harmless; without them a gate trained on conversational harmful "
+            "questions fires on questions as such)",
 }
-DEFAULT_MIXTURE: tuple[str, ...] = ("polyrefuse", "refusal_direction", "safety_mix", "contrast")
+DEFAULT_MIXTURE: tuple[str, ...] = ("polyrefuse", "refusal_direction", "alpaca", "safety_mix",
+                                    "contrast", "mgsm")
 
 
 @dataclass(frozen=True)
@@ -122,13 +128,17 @@ def _default_harmless_role(name: str) -> Role:
     return "lookalike" if name in ("refusal_direction", "safety_mix", "contrast") else "harmless"
 
 
-# Per-source defaults of the shipped recipe: row limits that keep a fit within minutes.
-DEFAULT_LIMITS: dict[str, int] = {"polyrefuse": 150, "refusal_direction": 300,
-                                  "safety_mix": 800, "contrast": 400}
+# Per-source defaults of the shipped recipe: row limits (per language and role) that keep a
+# fit within minutes, and weights (the contrast prompts are the only look-alikes in most
+# languages, and minimal pairs: they count double).
+DEFAULT_LIMITS: dict[str, int] = {"polyrefuse": 150, "refusal_direction": 300, "alpaca": 300,
+                                  "safety_mix": 800, "contrast": 400, "mgsm": 40}
+DEFAULT_WEIGHTS: dict[str, float] = {"contrast": 2.0}
 
 
 def default_specs() -> list[SourceSpec]:
-    return [SourceSpec(n, limit=DEFAULT_LIMITS[n]) for n in DEFAULT_MIXTURE]
+    return [SourceSpec(n, weight=DEFAULT_WEIGHTS.get(n, 1.0), limit=DEFAULT_LIMITS[n])
+            for n in DEFAULT_MIXTURE]
 
 
 def part_of(source: str, group: str, shares: Sequence[float] = PART_SHARES) -> Part:
@@ -261,6 +271,10 @@ def _load(spec: SourceSpec, data_dir: str | Path | None) -> list[MixRow]:
         return _safety_mix(data_dir, spec)
     if name == "contrast":
         return _contrast(spec)
+    if name == "alpaca":
+        return _alpaca(data_dir, spec)
+    if name == "mgsm":
+        return _mgsm(data_dir, spec)
     path = Path(name)
     if not path.is_file():
         raise DataError(f"mixture source {name!r}: not a built-in source "
@@ -289,6 +303,30 @@ def _refusal_direction(data_dir: str | Path | None, spec: SourceSpec) -> list[Mi
     harmless = read_instructions(root / "harmless_train.json")
     picked = hard_negatives(harmful, harmless, spec.limit or 400)
     return [_row(t, "en", spec.harmless_role, "refusal_direction", t) for t in picked]
+
+
+def _alpaca(data_dir: str | Path | None, spec: SourceSpec) -> list[MixRow]:
+    """A seeded random sample (``limit``, default 400) of the Alpaca pool's train split."""
+    root = data_folder("refusal_direction", data_dir)
+    pool = sorted(set(read_instructions(root / "harmless_train.json")))
+    picked = random.Random("alpaca").sample(pool, min(len(pool), spec.limit or 400))
+    return [_row(t, "en", spec.harmless_role, "alpaca", t) for t in picked]
+
+
+def _mgsm(data_dir: str | Path | None, spec: SourceSpec) -> list[MixRow]:
+    """MGSM questions; a question and its translations share a group (its line number)."""
+    root = data_folder("mgsm", data_dir)
+    files = sorted(root.glob("mgsm_*.tsv"))
+    if not files:
+        raise DataError(f"{root}: no mgsm_*.tsv files")
+    out = []
+    for f in files:
+        lang = lang_code(f.stem.removeprefix("mgsm_"))
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
+            text = line.split("\t", 1)[0].strip()
+            if text:
+                out.append(_row(text, lang, spec.harmless_role, "mgsm", f"mg{i}"))
+    return out
 
 
 def _safety_mix(data_dir: str | Path | None, spec: SourceSpec) -> list[MixRow]:
