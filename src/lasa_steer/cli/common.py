@@ -160,8 +160,9 @@ def operating_point(text: str):
 
 def add_mixture(p: argparse.ArgumentParser) -> None:
     """The gate's data mixture and operating points (``lasa fit``, ``lasa calibrate``)."""
-    from ..fit.mixture import BUILTIN, DEFAULT_LIMITS, DEFAULT_MIXTURE
-    default = " ".join(f"{n}@{DEFAULT_LIMITS[n]}" for n in DEFAULT_MIXTURE)
+    from ..fit.mixture import BUILTIN, default_specs
+    default = " ".join(f"{s.name}{f'*{s.weight:g}' if s.weight != 1 else ''}@{s.limit}"
+                       for s in default_specs())
     p.add_argument("--mixture", type=mixture_sources, nargs="+", default=None,
                    metavar="SOURCE",
                    help="the gate's training data, sources NAME[:ROLE][*WEIGHT][@LIMIT]: "
