@@ -96,11 +96,6 @@ def score_all(args: argparse.Namespace, sets: dict[str, list[dict]], vector) -> 
     return got
 
 
-def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    return float((pos[:, None] > neg[None]).double().mean()
-                 + 0.5 * (pos[:, None] == neg[None]).double().mean())
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vector", default="smollm2-135m-instruct",
@@ -116,6 +111,7 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from lasa_steer.fit.directions import auroc
     from lasa_steer.vector.file import SteeringVector
 
     vector = SteeringVector.load(args.vector)

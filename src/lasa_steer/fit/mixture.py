@@ -36,7 +36,7 @@ import torch
 from ..datafiles import data_folder, lang_code, read_instructions
 from ..errors import DataError, FitConfigError
 from ..types import HARMFUL, HARMLESS
-from .contrast import conv_seed_group
+from .contrast import CONTRAST_FILE, conv_seed_group
 from .data import Example, load_labelled, load_polyrefuse
 
 Role = Literal["harmful", "harmless", "lookalike"]
@@ -46,7 +46,6 @@ PARTS: tuple[str, ...] = get_args(Part)
 # The share of each row's group hash that goes to each part (train, calibration, test).
 PART_SHARES: tuple[float, float, float] = (0.6, 0.2, 0.2)
 
-CONTRAST_FILE = Path(__file__).with_name("contrast_data") / "contrast.jsonl"
 BUILTIN: dict[str, str] = {
     "polyrefuse": "PolyRefuse instructions, 14 languages (harmful / harmless)",
     "refusal_direction": "refusal_direction's Alpaca pool: harmless prompts mined for "
