@@ -14,11 +14,17 @@ Servers (``--servers``, comma-separated, default all four):
 * ``lasa-vllm``: ``.venv-vllm/bin/lasa serve --engine vllm`` (the plugin's engine,
   vLLM's default compilation unless the plugin says otherwise), steering gate + add;
 * ``vllm``: ``.venv-vllm/bin/python -m vllm.entrypoints.openai.api_server``, vLLM's default
-  compilation, and the scheduling the plugin needs (no chunked prefill, no prefix caching,
-  the same ``max_num_seqs`` and token budget), so the two vLLM servers differ by the plugin;
+  compilation;
 * ``transformers``: ``.venv/bin/transformers serve --continuous-batching``, its KV pages
   capped to ``--kv-space`` and its OpenMP threads sleeping when they wait
   (``OMP_WAIT_POLICY=PASSIVE``: spinning threads made it collapse on a shared 2-core machine).
+
+Both vLLM servers schedule alike, at vLLM's defaults, so they differ by the plugin alone:
+chunked prefill and prefix caching on (the plugin keeps both exact), ``max_num_seqs`` 64 and
+the same token budget per step (``--max-batch-tokens``, default 2048, vLLM's CPU server
+default, passed as ``lasa serve --max-batch-tokens`` and vanilla ``--max-num-batched-tokens``,
+so prompts split into the same chunks); ``--no-chunked-prefill`` / ``--no-prefix-caching``
+turn each off in both.
 
 On 2 cores, ``--threads 1`` gives the HF-engine servers one compute thread, as vLLM's auto
 binding gives its workers (one compute core, one reserved), and keeps them steady when other
@@ -27,7 +33,9 @@ jobs share the cores.
 The servers are loaded side by side but measured one at a time (the others idle), in
 interleaved rounds (the order reverses every round), and the best wave per server and N is
 reported (``--pick median`` for the median): the benchmark machine is shared, so a single
-wave may be slowed by other jobs. No server but vanilla vLLM takes ``ignore_eos``, so every
+wave may be slowed by other jobs. The ratios between servers are given of the reported waves
+and round by round (the waves of one round ran back to back, under about the same load),
+with the median of the per-round ratios; the load average at each round is stored. No server but vanilla vLLM takes ``ignore_eos``, so every
 request is sent alike (``--ignore-eos`` sends it to vanilla vLLM only) and the completion
 tokens each server reports are counted. A server that fails to start is reported with the
 tail of its log and left out; the others run. Usage (from either venv)::
@@ -309,7 +317,15 @@ def main() -> int:
     ap.add_argument("--pick", choices=("best", "median"), default="best",
                     help="the wave reported per server and N (default: best)")
     ap.add_argument("--max-model-len", type=int, default=4096,
-                    help="both vLLM servers' max_model_len (and token budget per step)")
+                    help="both vLLM servers' max_model_len (default 4096)")
+    ap.add_argument("--max-batch-tokens", type=int, default=2048,
+                    help="both vLLM servers' token budget per step, max_num_batched_tokens "
+                         "(default 2048: vLLM's CPU server default and lasa serve's)")
+    ap.add_argument("--no-chunked-prefill", action="store_true",
+                    help="both vLLM servers without chunked prefill (then the token budget "
+                         "is at least --max-model-len, as lasa serve raises it)")
+    ap.add_argument("--no-prefix-caching", action="store_true",
+                    help="both vLLM servers without prefix caching")
     ap.add_argument("--kv-space", type=int, default=2,
                     help="VLLM_CPU_KVCACHE_SPACE in GiB for each vLLM server (default 2)")
     ap.add_argument("--cb-num-blocks", type=int, default=None,
@@ -361,7 +377,12 @@ def main() -> int:
                "max_tokens": args.max_tokens, "threads": args.threads,
                "vllm_bind": args.vllm_bind or "auto", "vector": vector_note,
                "kv_space_gib": args.kv_space, "ignore_eos_to_vllm": args.ignore_eos,
-               "model_folder": str(folder), "servers": [], "failed": {}}
+               "vllm_chunked_prefill": not args.no_chunked_prefill,
+               "vllm_prefix_caching": not args.no_prefix_caching,
+               "vllm_max_batch_tokens": args.max_batch_tokens,
+               "vllm_max_model_len": args.max_model_len,
+               "model_folder": str(folder), "servers": [], "failed": {},
+               "round_load_avg": []}
     hf_bin, vllm_bin = args.venv / "bin", args.vllm_venv / "bin"
     dtype = args.dtype or "float32"
     specs = {}
@@ -382,7 +403,12 @@ def main() -> int:
              "--served-model-name", MODEL, "--vectors", str(vectors), "--default-vector", MODEL,
              "--port", str(port), "--mode", "gate", "--action", "add", "--max-batch", "64",
              "--max-model-len", str(args.max_model_len), "--max-batch-tokens",
-             str(args.max_model_len), "--dtype", dtype, "--log-level", "warning"])
+             str(args.max_batch_tokens), "--dtype", dtype, "--log-level", "warning"]
+            + (["--no-chunked-prefill"] if args.no_chunked_prefill else [])
+            + (["--no-prefix-caching"] if args.no_prefix_caching else []))
+    # lasa serve raises its budget to the context without chunked prefill: vanilla alike
+    budget = max(args.max_batch_tokens, args.max_model_len) if args.no_chunked_prefill \
+        else args.max_batch_tokens
     port = free_port()
     specs["vllm"] = dict(
         name="vanilla vLLM OpenAI server (default compilation)", port=port, env=vllm_env,
@@ -390,8 +416,11 @@ def main() -> int:
         cmd=[str(vllm_bin / "python"), "-m", "vllm.entrypoints.openai.api_server",
              "--model", str(folder), "--served-model-name", MODEL, "--host", "127.0.0.1",
              "--port", str(port), "--dtype", dtype, "--max-model-len", str(args.max_model_len),
-             "--max-num-seqs", "64", "--max-num-batched-tokens", str(args.max_model_len),
-             "--no-enable-chunked-prefill", "--no-enable-prefix-caching", "--seed", "0",
+             "--max-num-seqs", "64", "--max-num-batched-tokens", str(budget),
+             "--no-enable-chunked-prefill" if args.no_chunked_prefill
+             else "--enable-chunked-prefill",
+             "--no-enable-prefix-caching" if args.no_prefix_caching
+             else "--enable-prefix-caching", "--seed", "0",
              "--disable-log-stats", "--disable-uvicorn-access-log"])
     # transformers' paged cache takes 90 % of free memory by default (~10 GiB here), which
     # does not fit beside two vLLM servers: give it vLLM's KV space instead (pages of 256
@@ -430,6 +459,7 @@ def main() -> int:
         if not ready:
             raise SystemExit("no server started")
         for r in range(args.rounds):
+            results["round_load_avg"].append(round(os.getloadavg()[0], 2))
             print(f"-- round {r + 1}/{args.rounds} (load average {os.getloadavg()[0]:.1f})",
                   flush=True)
             for n in args.n:
@@ -450,7 +480,8 @@ def main() -> int:
               + ", ".join(f"N={row['n']} {row['tok_per_s']} tok/s (p50 {row['p50_s']} s, "
                           f"p95 {row['p95_s']} s)" for row in res["rows"]))
     by_key = {res["key"]: {row["n"]: row for row in res["rows"]} for res in results["servers"]}
-    results["ratios_tok_per_s"] = {}
+    results["ratios_tok_per_s"], results["ratios_per_round"] = {}, {}
+    by_round = {srv.key: srv.rows for srv in ready}
     for a, b in (("lasa-vllm", "vllm"), ("lasa-vllm", "lasa"), ("lasa-vllm", "transformers"),
                  ("lasa", "transformers"), ("vllm", "transformers")):
         if a in by_key and b in by_key:
@@ -458,6 +489,16 @@ def main() -> int:
                      for n in by_key[a] if n in by_key[b] and by_key[b][n]["tok_per_s"]}
             results["ratios_tok_per_s"][f"{a} / {b}"] = ratio
             print(f"{a} / {b} throughput: {ratio}", flush=True)
+            # the two waves of a round ran minutes apart at most, under about the same load
+            # from other jobs: their ratio, round by round, and its median
+            rounds_a, rounds_b = by_round[a], by_round[b]
+            per = {str(n): [round(x["tok_per_s"] / y["tok_per_s"], 3)
+                            for x, y in zip(rounds_a[n], rounds_b[n]) if y["tok_per_s"]]
+                   for n in rounds_a if n in rounds_b}
+            results["ratios_per_round"][f"{a} / {b}"] = per
+            print(f"{a} / {b} per round: " + ", ".join(
+                f"N={n} {v} (median {statistics.median(v):.3f})" for n, v in per.items() if v),
+                flush=True)
     if results["failed"]:
         print("failed to start:", results["failed"])
     print(f"load average at start {results['load_avg_start']}, end {results['load_avg_end']} "
