@@ -44,7 +44,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import MODEL, PROMPTS, REPO, Server, free_port, vector_folder  # noqa: E402
+from serve import (MODEL, PROMPTS, REPO, Server, free_port, lasa_vllm_cmd,  # noqa: E402
+                   vector_folder, vllm_cmd)
 
 SERVERS = ("lasa-vllm", "lasa-vllm-nochunk", "vllm", "vllm-nochunk")
 STEER = {"steering": {"mode": "gate", "action": "add"}}
@@ -167,23 +168,12 @@ def spec(key: str, args, vectors: Path, folder: Path, bin_dir: Path) -> dict:
     chunked = not key.endswith("-nochunk")
     port = free_port()
     if key.startswith("lasa-vllm"):
-        cmd = [str(bin_dir / "lasa"), "serve", "--engine", "vllm", "--model", str(folder),
-               "--served-model-name", MODEL, "--vectors", str(vectors), "--default-vector",
-               MODEL, "--port", str(port), "--mode", "gate", "--action", "add",
-               "--max-batch", "64", "--max-model-len", str(args.max_model_len),
-               "--max-batch-tokens", str(args.max_batch_tokens), "--dtype", "float32",
-               "--log-level", "warning"] + ([] if chunked else ["--no-chunked-prefill"])
+        cmd = lasa_vllm_cmd(bin_dir, folder, vectors, port, "float32", args.max_model_len,
+                            args.max_batch_tokens, chunked, True)
         return dict(name=f"lasa serve --engine vllm (gate + add), chunked prefill "
                          f"{'on' if chunked else 'off'}", cmd=cmd, port=port, extra=STEER)
-    budget = args.max_batch_tokens if chunked else max(args.max_batch_tokens,
-                                                        args.max_model_len)
-    cmd = [str(bin_dir / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model",
-           str(folder), "--served-model-name", MODEL, "--host", "127.0.0.1", "--port",
-           str(port), "--dtype", "float32", "--max-model-len", str(args.max_model_len),
-           "--max-num-seqs", "64", "--max-num-batched-tokens", str(budget),
-           "--enable-chunked-prefill" if chunked else "--no-enable-chunked-prefill",
-           "--enable-prefix-caching", "--seed", "0", "--disable-log-stats",
-           "--disable-uvicorn-access-log"]
+    cmd = vllm_cmd(bin_dir, folder, port, "float32", args.max_model_len, args.max_batch_tokens,
+                   chunked, True)
     return dict(name=f"vanilla vLLM, chunked prefill {'on' if chunked else 'off'}", cmd=cmd,
                 port=port, extra=None)
 

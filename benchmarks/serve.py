@@ -298,6 +298,33 @@ SERVERS = ("lasa", "lasa-vllm", "vllm", "transformers")
 STEER = {"steering": {"mode": "gate", "action": "add"}}
 
 
+def lasa_vllm_cmd(bin_dir: Path, folder: Path, vectors: Path, port: int, dtype: str,
+                  max_model_len: int, max_batch_tokens: int, chunked: bool,
+                  prefix_caching: bool) -> list[str]:
+    """``lasa serve --engine vllm`` steering gate + add (also benchmarks/long_prompt_stall.py)."""
+    return ([str(bin_dir / "lasa"), "serve", "--engine", "vllm", "--model", str(folder),
+             "--served-model-name", MODEL, "--vectors", str(vectors), "--default-vector", MODEL,
+             "--port", str(port), "--mode", "gate", "--action", "add", "--max-batch", "64",
+             "--max-model-len", str(max_model_len), "--max-batch-tokens",
+             str(max_batch_tokens), "--dtype", dtype, "--log-level", "warning"]
+            + ([] if chunked else ["--no-chunked-prefill"])
+            + ([] if prefix_caching else ["--no-prefix-caching"]))
+
+
+def vllm_cmd(bin_dir: Path, folder: Path, port: int, dtype: str, max_model_len: int,
+             max_batch_tokens: int, chunked: bool, prefix_caching: bool) -> list[str]:
+    """Vanilla vLLM's OpenAI server at the settings :func:`lasa_vllm_cmd` gives the plugin:
+    lasa serve raises its token budget to the context without chunked prefill, so this does."""
+    budget = max_batch_tokens if chunked else max(max_batch_tokens, max_model_len)
+    return [str(bin_dir / "python"), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(folder), "--served-model-name", MODEL, "--host", "127.0.0.1",
+            "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
+            "--max-num-seqs", "64", "--max-num-batched-tokens", str(budget),
+            "--enable-chunked-prefill" if chunked else "--no-enable-chunked-prefill",
+            "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching",
+            "--seed", "0", "--disable-log-stats", "--disable-uvicorn-access-log"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers", default=",".join(SERVERS),
@@ -399,29 +426,15 @@ def main() -> int:
     specs["lasa-vllm"] = dict(
         name="lasa serve --engine vllm (gate + add)", port=port, env=vllm_env, model=MODEL,
         extra=STEER,
-        cmd=[str(vllm_bin / "lasa"), "serve", "--engine", "vllm", "--model", str(folder),
-             "--served-model-name", MODEL, "--vectors", str(vectors), "--default-vector", MODEL,
-             "--port", str(port), "--mode", "gate", "--action", "add", "--max-batch", "64",
-             "--max-model-len", str(args.max_model_len), "--max-batch-tokens",
-             str(args.max_batch_tokens), "--dtype", dtype, "--log-level", "warning"]
-            + (["--no-chunked-prefill"] if args.no_chunked_prefill else [])
-            + (["--no-prefix-caching"] if args.no_prefix_caching else []))
-    # lasa serve raises its budget to the context without chunked prefill: vanilla alike
-    budget = max(args.max_batch_tokens, args.max_model_len) if args.no_chunked_prefill \
-        else args.max_batch_tokens
+        cmd=lasa_vllm_cmd(vllm_bin, folder, vectors, port, dtype, args.max_model_len,
+                          args.max_batch_tokens, not args.no_chunked_prefill,
+                          not args.no_prefix_caching))
     port = free_port()
     specs["vllm"] = dict(
         name="vanilla vLLM OpenAI server (default compilation)", port=port, env=vllm_env,
         model=MODEL, extra={"ignore_eos": True} if args.ignore_eos else None,
-        cmd=[str(vllm_bin / "python"), "-m", "vllm.entrypoints.openai.api_server",
-             "--model", str(folder), "--served-model-name", MODEL, "--host", "127.0.0.1",
-             "--port", str(port), "--dtype", dtype, "--max-model-len", str(args.max_model_len),
-             "--max-num-seqs", "64", "--max-num-batched-tokens", str(budget),
-             "--no-enable-chunked-prefill" if args.no_chunked_prefill
-             else "--enable-chunked-prefill",
-             "--no-enable-prefix-caching" if args.no_prefix_caching
-             else "--enable-prefix-caching", "--seed", "0",
-             "--disable-log-stats", "--disable-uvicorn-access-log"])
+        cmd=vllm_cmd(vllm_bin, folder, port, dtype, args.max_model_len, args.max_batch_tokens,
+                     not args.no_chunked_prefill, not args.no_prefix_caching))
     # transformers' paged cache takes 90 % of free memory by default (~10 GiB here), which
     # does not fit beside two vLLM servers: give it vLLM's KV space instead (pages of 256
     # tokens; SmolLM2-135M float32 keeps 30 blocks x 2 x 3 heads x 64 x 4 B = 45 KiB a token)
