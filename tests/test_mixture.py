@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from collections import Counter
 
 import pytest
@@ -295,6 +296,61 @@ def test_mixture_gate_sets_points_on_held_out_rows_and_round_trips(tiny_llama, t
     assert ((p > 0.5) == d.fired).all()
 
 
+def test_retuned_points_keep_the_probe_and_match_a_fit_at_the_same_targets(tiny_llama,
+                                                                             tmp_path):
+    """``lasa calibrate --gate points``: retuning at the fit's own targets reproduces its
+    thresholds and scale exactly (same calibration rows, same probe); new targets move only
+    the thresholds, and the calibration part keeps them."""
+    from helpers import ByteTokenizer
+    from lasa_steer import find_layers
+    from lasa_steer.capture import gate_decisions
+    from lasa_steer.fit.mixture_gate import MixtureGateConfig, fit_mixture_gate, retune_points
+
+    tok = ByteTokenizer()
+    vec = make_vector(tiny_llama, gate_layer=2)
+    g = vec.gate
+    g.languages, g.lid_layer, g.fpr = ("xaa", "xzz"), 0, 0.02
+    g.centroids = torch.randn(2, find_layers(tiny_llama).hidden_size)
+    mixture = load_mixture(_mixture_files(tmp_path))
+    points = (PointSpec("no-harm", 0.05, 0.02), PointSpec("recall", 0.2, 0.1))
+    cfg = MixtureGateConfig(points=points, probe_widths=(8,), epochs=60, min_rows=5,
+                            batch_size=16, progress=False, held_out_sources=False)
+    fitted, _ = fit_mixture_gate(tiny_llama, tok, vec, mixture, cfg)
+    same, _ = retune_points(tiny_llama, tok, fitted, mixture, cfg)
+    assert same.gate.operating_points == fitted.gate.operating_points
+    assert same.gate.probability_scale == fitted.gate.probability_scale
+    middle = (PointSpec("middle", 0.12, 0.05), PointSpec("no-harm", 0.05, 0.02))
+    out, report = retune_points(tiny_llama, tok, fitted, mixture,
+                                replace(cfg, points=middle))
+    gate = out.gate
+    assert gate.operating_point == "middle" and list(gate.operating_points) == ["middle", "no-harm"]
+    assert gate.probe is fitted.gate.probe  # the probe is reused, not retrained
+    assert torch.equal(gate.direction, fitted.gate.direction)
+    assert gate.operating_points["no-harm"].thresholds == \
+        fitted.gate.operating_points["no-harm"].thresholds
+    for lang, t in gate.operating_points["middle"].thresholds.items():
+        assert t <= gate.operating_points["no-harm"].thresholds[lang]
+    assert report["points"]["middle"]["measured"]["test"]["harmful"]["rows"] == sum(
+        r.role == "harmful" for r in mixture.part("test"))
+    assert out.provenance["gate"]["operating_points"]["mixture"]["sources"][1][
+        "harmless_role"] == "lookalike"
+    back = SteeringVector.load(out.save(tmp_path / "r.safetensors"))
+    assert back.metadata() == out.metadata()
+    cal = mixture.part("calibration")
+    d = gate_decisions(tiny_llama, tok, back, [r.text for r in cal])
+    checked = 0
+    for role, limit in (("lookalike", 0.12), ("harmless", 0.05)):
+        idx = [i for i, r in enumerate(cal) if r.role == role]
+        for lang in ("xaa", "xzz"):
+            own = [i for i in idx if d.langs[i] == lang]
+            if len(own) >= 5:
+                assert float(d.fired[own].double().mean()) <= limit + 1e-9
+                checked += 1
+    assert checked >= 2
+    with pytest.raises(FitConfigError, match="mixture gate"):
+        retune_points(tiny_llama, tok, vec, mixture, cfg)
+
+
 def test_request_operating_point_resolves_for_both_engines(tiny_llama):
     """lasa serve's steering.operating_point and the vLLM plugin's lasa_operating_point go
     through one rule: the request's point, else the server default, else the file's."""
@@ -314,3 +370,19 @@ def test_request_operating_point_resolves_for_both_engines(tiny_llama):
         params.resolve(params.parse({"lasa_vector": "v", "lasa_operating_point": "nope"}),
                        {"v": vec}, params.Defaults())
     assert e.value.field == "lasa_operating_point"
+
+
+def test_calibrate_gate_points_refuses_a_file_without_a_mixture_gate(tiny_llama, tmp_path,
+                                                                     capsys):
+    """``--gate points`` says what is missing before any model is loaded ('m' is none)."""
+    from lasa_steer.cli import main
+
+    vec = make_vector(tiny_llama, gate_layer=2)
+    path = vec.save(tmp_path / "plain.safetensors")
+    files = _mixture_files(tmp_path)
+    argv = ["calibrate", str(path), "m", "-o", str(tmp_path / "o.safetensors"),
+            "--gate", "points", "--mixture", files[0].name, f"{files[1].name}:lookalike"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--gate points retunes a mixture gate" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "o.safetensors").exists()

@@ -38,10 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="validation prompts per language and label (default: all)")
     p.add_argument("--action", choices=ACTIONS, default=None,
                    help="also set the file's default action")
-    p.add_argument("--gate", choices=("keep", "refit", "mixture"), default="keep",
+    p.add_argument("--gate", choices=("keep", "refit", "mixture", "points"), default="keep",
                    help="refit: also refit the gate's score and thresholds on PolyRefuse and "
                         "mined hard negatives; mixture: refit it on --mixture with operating "
-                        "points set on look-alikes (default keep)")
+                        "points set on look-alikes; points: keep a mixture gate's probe and "
+                        "only set its --operating-point(s) again on --mixture's calibration "
+                        "part (no training; captures about 40%% of the rows) (default keep)")
     p.add_argument("--train-limit", type=int, default=60,
                    help="with --gate refit: PolyRefuse train rows per language and label "
                         "(default 60)")
@@ -75,16 +77,22 @@ def run(args: argparse.Namespace) -> int:
     if args.add_languages and args.gate != "keep":
         raise FitConfigError(f"--add-languages keeps the gate: drop --gate {args.gate}")
     mixture = None
-    if args.gate == "mixture":
+    if args.gate in ("mixture", "points"):
         from ..fit.mixture import load_mixture
         specs = mixture_specs(args)
         if not specs:
-            raise FitConfigError("--gate mixture needs a --mixture (not 'none')")
+            raise FitConfigError(f"--gate {args.gate} needs a --mixture (not 'none')")
         mixture = load_mixture(specs, args.data_dir)
     t0 = time.perf_counter()
     vector = SteeringVector.load(args.vector)
+    if args.gate == "points" and (vector.gate is None or vector.gate.probe is None
+                                  or not vector.gate.language_aware):
+        raise FitConfigError(f"{args.vector}: --gate points retunes a mixture gate; this "
+                             "file has none (use --gate mixture)")
     model, tok = load_placed(args)
     vector.check_model(model)
+    if args.gate == "points":
+        return _retune(args, model, tok, vector, mixture, t0)
     if args.add_languages:
         have = vector.gate.languages if vector.gate else ()
         texts, check = identification_texts(have, args.data_dir, args.per_language,
@@ -122,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         out, report = regate(model, tok, vector, gate_train, val, hard, cfg)
         print(f"gate: chose {report['gate_choice']!r}; hard-negative calibration FPR "
               f"{report['hard_negatives']['calibration_fpr']}")
-    if mixture is not None:
+    if mixture is not None:  # --gate mixture
         from ..fit.mixture_gate import MixtureGateConfig, fit_mixture_gate
         from ..fit.operating_points import DEFAULT_POINTS
         mcfg = MixtureGateConfig(points=tuple(args.operating_points or DEFAULT_POINTS))
@@ -144,4 +152,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path}: language ID accuracy {report['lid_accuracy']:.3f} on validation, "
           f"block {report['lid_layer']}, {report['wall_time_s']:.0f} s")
     print(json.dumps(report["per_language"], indent=1))
+    return 0
+
+
+def _retune(args: argparse.Namespace, model, tok, vector, mixture, t0: float) -> int:
+    """``--gate points``: new operating points for the file's probe (see retune_points)."""
+    from ..fit.mixture_gate import MixtureGateConfig, retune_points
+    from ..fit.operating_points import DEFAULT_POINTS
+    cfg = MixtureGateConfig(points=tuple(args.operating_points or DEFAULT_POINTS))
+    out, report = retune_points(model, tok, vector, mixture, cfg)
+    if args.action:
+        out = replace(out, default_action=args.action)
+    path = out.save(args.out)
+    print(f"wrote {path}: operating points set again on the mixture's calibration part in "
+          f"{time.perf_counter() - t0:.0f} s")
+    for name, meta in report["points"].items():
+        test = meta.get("measured", {}).get("test", {})
+        print(f"  {name}: test part " + ", ".join(
+            f"{role} {v['rate']:.3f} ({v['rows']} rows)" for role, v in sorted(test.items())
+            if isinstance(v, dict) and "rate" in v))
     return 0
