@@ -231,6 +231,14 @@ def test_end_to_end_fit_tiny_model(tmp_path):
     files = write_report(res, tmp_path / "v.fit")
     assert [p.name for p in files] == ["v.fit.json", "v.fit.md", "v.fit.png"]
     assert "| chosen (" in files[1].read_text()
+    steps = rep["step_wall_time_s"]  # where a fit's time goes, step by step, in order
+    assert list(steps) == ["layer search (every block, search subset)",
+                           "train states, harm and refusal directions",
+                           "gate candidates and threshold (validation)",
+                           "layer comparison (report)", "strength trials (generation)",
+                           "language gate", "gated check (generation)"]
+    assert all(v >= 0 for v in steps.values())
+    assert "| strength trials (generation) |" in files[1].read_text()
     # deterministic with a seed
     res2 = fit(model, tok, train, val, cfg, judge=judge)
     assert torch.equal(res2.vector.gate.direction, vec.gate.direction)

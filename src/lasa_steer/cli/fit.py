@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             train, val = split_examples(train, 0.2, args.seed)
             info = {"train": f"{args.data} (80%)", "val": f"{args.data} (seeded 20%)"}
     model, tok = load_placed(args)
+    loaded = time.perf_counter() - t0
     cfg = FitConfig(layer=args.layer, band=args.band, refusal_layers=args.refusal_layers or None,
                     steer_layers=args.steer_layers or None, fpr=args.fpr,
                     strengths=tuple(args.strengths),
@@ -104,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
         result.vector, result.report["mixture_gate"] = fit_mixture_gate(
             model, tok, result.vector, mixture, mcfg)
     elapsed = time.perf_counter() - t0
+    steps = result.report.get("step_wall_time_s") or {}
+    result.report["step_wall_time_s"] = {
+        "load data and model": round(loaded, 1), **steps,
+        **({"mixture gate": result.report["mixture_gate"]["wall_time_s"]}
+           if mixture is not None else {})}
     result.report["wall_time_s"] = round(elapsed, 1)
     result.vector.extra["fit_wall_time_s"] = round(elapsed, 1)
     out = result.vector.save(args.out)

@@ -41,6 +41,7 @@ from ..types import HARMFUL, HARMLESS, Point
 from ..vector.file import SteeringVector
 from .bottleneck import DEFAULT_BAND, LayerReport, bottleneck_of
 from .calibrate import choose_trial, gated_check, strength_trials
+from .clock import StepClock
 from .languages import calibrate_languages, check_identification
 from .candidates import clamp_targets, refusal_candidates, refusal_layers_for
 from .gate_fit import GateFit, calibrate_gate
@@ -143,6 +144,7 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
     torch.manual_seed(cfg.seed)
     check_labels(train, "train")
     check_labels(val, "validation")
+    clock = StepClock(log)
     grab = Captures(model, tokenizer, cfg)
     n = grab.lm.num_layers
     if cfg.layer is not None and not 0 <= cfg.layer < n - 1:
@@ -153,6 +155,7 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
     sub = [train[i] for i in search]
     sub_states = _search_states(grab, sub, n)                                      # 1a
     bottleneck, layer_report = _choose_layer(sub_states, sub, cfg, n, ident.name)    # 2
+    clock.mark("layer search (every block, search subset)")
     rlayers = _refusal_layers(cfg, bottleneck, n)
     states = _train_states(grab, train, search, sub_states, sorted({bottleneck, *rlayers}))
     labels, langs = [e.label for e in train], [e.lang for e in train]
@@ -160,11 +163,14 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
                         remove_language=cfg.remove_language)
     cands = refusal_candidates(grab, states, train, rlayers, cfg)                  # 4
     targets = clamp_targets(states, labels, cands)
+    clock.mark("train states, harm and refusal directions")
     vstates = grab([e.text for e in val], [("resid_post", bottleneck)],           # 5a
                    "validation prompts", deployed=True)[("resid_post", bottleneck)]
     gate_fit = calibrate_gate(states[bottleneck], train, vstates, val, bottleneck,
                               gate_trainer(cfg.regate()), cfg.fpr)
+    clock.mark("gate candidates and threshold (validation)")
     table = _compare_layers(grab, val, sub, sub_states, bottleneck, gate_fit, cfg)
+    clock.mark("layer comparison (report)")
     grab.release()
     steer_layers = list(cfg.steer_layers) if cfg.steer_layers is not None else rlayers[:1]
     provisional = SteeringVector(model=ident, directions=cands, gate=gate_fit.gate,   # 5b
@@ -173,6 +179,7 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
     trials, baseline = strength_trials(model, tokenizer, provisional, val, cfg, judge,
                                        steer_layers)
     best = choose_trial(trials, cfg.max_harmless_kl)
+    clock.mark("strength trials (generation)")
     directions = {"refusal": {i: cands[best.direction][i].clone() for i in steer_layers},
                   **cands}
     targets["refusal"] = {i: targets[best.direction][i] for i in steer_layers}
@@ -188,7 +195,10 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
                                                 identify_only=identify_only)
         languages["identification_check"] = check_identification(
             model, tokenizer, vector.gate, identify_check or {}, cfg.batch_size, cfg.progress)
+    if cfg.language_gate:
+        clock.mark("language gate")
     gated = gated_check(model, tokenizer, vector, val, cfg, judge)
+    clock.mark("gated check (generation)")
     counts = label_counts(train, val)
     report = FitReport(
         model=ident.name, num_layers=n, hidden_size=grab.lm.hidden_size, bottleneck=bottleneck,
@@ -205,6 +215,7 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
     vector.provenance = provenance(gate_fit.method, best.direction, steer_layers, rlayers,
                                    langs, counts, cfg.seed, data_info)
     report["languages"] = languages
+    report["step_wall_time_s"] = clock.steps
     vector.extra = {**summary(report), **({"language_gate": languages} if languages else {})}
     return FitResult(vector, report, layer_report)
 

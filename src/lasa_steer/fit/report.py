@@ -175,6 +175,12 @@ def _markdown(rep: dict[str, Any], png: str) -> str:
         lines.append(f"| {lang} | {t.get('harmful', 0)} | {t.get('harmless', 0)} | "
                      f"{v.get('harmful', 0)} | {v.get('harmless', 0)} |")
     lines.append(f"| total | {c['train_total']} | | {c['val_total']} | |")
+    steps = rep.get("step_wall_time_s") or {}
+    if steps:
+        lines += ["", "## Wall time per step", "", "| step | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in steps.items()]
+        if rep.get("wall_time_s") is not None:
+            lines.append(f"| total | {rep['wall_time_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
