@@ -124,7 +124,7 @@ def main() -> int:
     for name, rows in sets.items():
         spans[name] = (i, i + len(rows))
         i += len(rows)
-    points = sorted(gate.operating_points) or [None]
+    points = gate.point_names() or [None]  # the default first, then strictest up
     report: dict[str, Any] = {"vector": vector.path, "counts": {k: len(v) for k, v in sets.items()},
                               "seconds": got.get("seconds"), "points": {}}
     for point in points:

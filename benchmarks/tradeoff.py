@@ -297,9 +297,9 @@ def main() -> None:
     en_thr = en["threshold"]
     prefix_all = None if "lasa-prefix" in skip else _prefix_replies(
         cache, model, tok, vector, prompts, gate.langs, a.prefix_strength, n, tag, vdig)
-    # operating points: the file's default first
+    # operating points: the file's default first, then strictest up
     default = vector.gate.operating_point
-    names = [default] + sorted(p for p in vector.gate.operating_points if p != default)
+    names = vector.gate.point_names() or [default]  # [None] for a gate of format < 4
     thr = {p: torch.tensor([vector.gate.at(p).threshold_for(x) for x in gate.langs])
            for p in names}
     pooled = vector.gate.threshold

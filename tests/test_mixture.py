@@ -217,6 +217,20 @@ def test_operating_points_round_trip_and_switch(tiny_llama, tmp_path):
     assert e.value.field == "operating_point"
 
 
+def test_point_names_put_the_default_first_then_the_strictest(tiny_llama, tmp_path):
+    """The file stores points by name (sorted JSON keys); readers list the default first and
+    the rest from the lowest look-alike target up, whatever the names."""
+    vec = _pointed(tiny_llama)
+    vec.gate.operating_points["balanced"] = OperatingPoint(0.0, {}, {"lookalike": 0.05}, "r")
+    vec.gate.operating_points["a-loose"] = OperatingPoint(-2.0, {}, {"lookalike": 0.2}, "r")
+    back = SteeringVector.load(vec.save(tmp_path / "v.safetensors"))
+    assert sorted(back.gate.operating_points) == list(back.gate.operating_points)
+    assert back.gate.point_names() == ["no-harm", "balanced", "recall", "a-loose"]
+    assert back.at_operating_point("recall").gate.point_names()[0] == "recall"
+    assert vec.gate.__class__(direction=vec.gate.direction, layer=0,
+                              threshold=0.0).point_names() == []
+
+
 def test_operating_point_defects_are_named(tiny_llama, tmp_path):
     vec = _pointed(tiny_llama)
     vec.gate.threshold = 0.5  # no longer the current point's

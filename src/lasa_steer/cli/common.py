@@ -173,7 +173,7 @@ def add_mixture(p: argparse.ArgumentParser) -> None:
                    metavar="NAME=LOOK,HARMLESS", dest="operating_points",
                    help="an operating point: thresholds at these FPRs on look-alikes and on "
                         "ordinary harmless prompts (repeat; the first is the default; "
-                        "default: no-harm=0.03,0.01 and recall=0.08,0.03)")
+                        "default: no-harm=0.03,0.01, balanced=0.05,0.02 and recall=0.08,0.03)")
 
 
 def mixture_specs(args: argparse.Namespace):

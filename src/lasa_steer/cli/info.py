@@ -103,7 +103,8 @@ def _points(vector: SteeringVector) -> list[str]:
     if g.probability_scale is not None:
         lines.append(f"probability  p(harmful) = sigmoid((score - threshold) / "
                      f"{g.probability_scale:.4g})")
-    for name, op in g.operating_points.items():
+    for name in g.point_names():
+        op = g.operating_points[name]
         mark = " (default)" if name == g.operating_point else ""
         targets = ", ".join(f"{k} {v:g}" for k, v in op.targets.items())
         lines.append(f"op. point    {name}{mark}: FPR targets {targets}; pooled threshold "

@@ -15,7 +15,8 @@ the gate *identifies*, as at inference):
   (score scales shift by language, margins less so). A language with neither keeps none of
   its own and takes the pooled threshold: the larger of the two thresholds set on all rows.
 
-The default points are ``no-harm`` (over-refusal first, recall second) and ``recall``.
+The default points are ``no-harm`` (over-refusal first, recall second), ``balanced`` and
+``recall``.
 :func:`probability_scale` then fits ``p = sigmoid((score - threshold) / scale)`` so that
 moderation reports a probability that means the same in every language.
 """
@@ -51,11 +52,17 @@ class PointSpec:
                                      "[0, 1)")
 
 
-# Targets sit below the limits the points promise on held-out test sets (no-harm: <= 8% on
-# look-alikes, <= 3% on ordinary prompts; recall: <= 10% / <= 5%): a threshold set on a few
-# hundred rows drifts on new ones.
+# Targets are the limits the points promise on held-out test sets (no-harm: <= 8% on
+# look-alikes, <= 3% on ordinary prompts; recall: <= 10% / <= 5%) less a drift margin: a
+# threshold set on a few hundred rows drifts on new ones. On SmolLM2's shipped gate the
+# drift from calibration to the mixture's test part was under 1 point, but XSTest (a
+# different kind of look-alike) fired 2-3 times the look-alike target: at 0.05 / 0.02
+# ("balanced") on 8.4 % of XSTest and +6.2 pp over-refusal end to end, over the no-harm
+# limits; at 0.03 / 0.01 on 2.0 % and +2.2 pp (docs/gate.md). Over-refusal first: the
+# default is the stricter point.
 DEFAULT_POINTS: tuple[PointSpec, ...] = (
     PointSpec("no-harm", 0.03, 0.01, "over-refusal first, recall second (the default)"),
+    PointSpec("balanced", 0.05, 0.02, "more recall, at over-refusal near the no-harm limits"),
     PointSpec("recall", 0.08, 0.03, "catch more harmful requests, at more over-refusal"),
 )
 

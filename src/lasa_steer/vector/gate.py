@@ -79,6 +79,18 @@ class Gate:
     def language_aware(self) -> bool:
         return self.centroids is not None and bool(self.languages)
 
+    def point_names(self) -> list[str]:
+        """The operating points' names, the file's default first, then the others from the
+        strictest (lowest look-alike target) up: the order to read and compare them in (the
+        file's JSON stores them by name)."""
+        def strictness(name: str) -> tuple[float, float, str]:
+            t = self.operating_points[name].targets
+            return (t.get("lookalike", 1.0), t.get("harmless", 1.0), name)
+        rest = sorted((n for n in self.operating_points if n != self.operating_point),
+                      key=strictness)
+        return ([self.operating_point] if self.operating_point in self.operating_points
+                else []) + rest
+
     def at(self, name: str | None) -> "Gate":
         """This gate at operating point ``name`` (None or the current one: ``self``).
         Raise :class:`SteeringConfigError` (field ``operating_point``) for an unknown name."""
