@@ -242,6 +242,25 @@ def test_operating_point_defects_are_named(tiny_llama, tmp_path):
         vec.save(tmp_path / "v.safetensors")
 
 
+def _keeps_targets_on_calibration(model, tok, vec, mixture, lookalike: float, harmless: float):
+    """Read through the production gate path, the calibration part's look-alike and ordinary
+    rows of each language with enough of them fire at most at the default point's targets."""
+    from lasa_steer.capture import gate_decisions
+
+    cal = mixture.part("calibration")
+    d = gate_decisions(model, tok, vec, [r.text for r in cal])
+    checked = 0
+    for role, limit in (("lookalike", lookalike), ("harmless", harmless)):
+        idx = [i for i, r in enumerate(cal) if r.role == role]
+        for lang in ("xaa", "xzz"):
+            own = [i for i in idx if d.langs[i] == lang]
+            if len(own) >= 5:
+                assert float(d.fired[own].double().mean()) <= limit + 1e-9
+                checked += 1
+    assert checked >= 2
+    return d
+
+
 # ---------------------------------------------------------------- the mixture gate fit
 def _mixture_files(tmp_path):
     """Two made-up languages; harmful rows share words with the look-alikes, so only a gate
@@ -265,19 +284,25 @@ def _mixture_files(tmp_path):
     return [SourceSpec(str(a)), SourceSpec(str(b), harmless_role="lookalike")]
 
 
-def test_mixture_gate_sets_points_on_held_out_rows_and_round_trips(tiny_llama, tmp_path):
+def _two_language_setup(model, tmp_path):
+    """A language-aware vector (two made-up languages), the mixture of _mixture_files and
+    two operating points."""
     from helpers import ByteTokenizer
     from lasa_steer import find_layers
-    from lasa_steer.capture import gate_decisions
-    from lasa_steer.fit.mixture_gate import MixtureGateConfig, fit_mixture_gate
 
-    tok = ByteTokenizer()
-    vec = make_vector(tiny_llama, gate_layer=2)
+    vec = make_vector(model, gate_layer=2)
     g = vec.gate
     g.languages, g.lid_layer, g.fpr = ("xaa", "xzz"), 0, 0.02
-    g.centroids = torch.randn(2, find_layers(tiny_llama).hidden_size)
+    g.centroids = torch.randn(2, find_layers(model).hidden_size)
     mixture = load_mixture(_mixture_files(tmp_path))
-    points = (PointSpec("no-harm", 0.05, 0.02), PointSpec("recall", 0.2, 0.1))
+    return (ByteTokenizer(), vec, mixture,
+            (PointSpec("no-harm", 0.05, 0.02), PointSpec("recall", 0.2, 0.1)))
+
+
+def test_mixture_gate_sets_points_on_held_out_rows_and_round_trips(tiny_llama, tmp_path):
+    from lasa_steer.fit.mixture_gate import MixtureGateConfig, fit_mixture_gate
+
+    tok, vec, mixture, points = _two_language_setup(tiny_llama, tmp_path)
     cfg = MixtureGateConfig(points=points, probe_widths=(8,), epochs=60, min_rows=5,
                             batch_size=16, progress=False)
     out, report = fit_mixture_gate(tiny_llama, tok, vec, mixture, cfg)
@@ -291,17 +316,8 @@ def test_mixture_gate_sets_points_on_held_out_rows_and_round_trips(tiny_llama, t
     back = SteeringVector.load(out.save(tmp_path / "m.safetensors"))
     assert back.metadata() == out.metadata()
     # the calibration part keeps the targets when read through the production gate path
-    cal = mixture.part("calibration")
-    d = gate_decisions(tiny_llama, tok, back, [r.text for r in cal])
-    checked = 0
-    for role, limit in (("lookalike", 0.05), ("harmless", 0.02)):
-        idx = [i for i, r in enumerate(cal) if r.role == role]
-        for lang in ("xaa", "xzz"):
-            own = [i for i in idx if d.langs[i] == lang]
-            if len(own) >= 5:
-                assert float(d.fired[own].double().mean()) <= limit + 1e-9
-                checked += 1
-    assert checked >= 2
+    d = _keeps_targets_on_calibration(tiny_llama, tok, back, mixture, lookalike=0.05,
+                                      harmless=0.02)
     measured = gate.operating_points["no-harm"].measured
     assert measured["test"]["lookalike"]["rows"] == sum(
         r.role == "lookalike" for r in mixture.part("test"))
@@ -315,18 +331,9 @@ def test_retuned_points_keep_the_probe_and_match_a_fit_at_the_same_targets(tiny_
     """``lasa calibrate --gate points``: retuning at the fit's own targets reproduces its
     thresholds and scale exactly (same calibration rows, same probe); new targets move only
     the thresholds, and the calibration part keeps them."""
-    from helpers import ByteTokenizer
-    from lasa_steer import find_layers
-    from lasa_steer.capture import gate_decisions
     from lasa_steer.fit.mixture_gate import MixtureGateConfig, fit_mixture_gate, retune_points
 
-    tok = ByteTokenizer()
-    vec = make_vector(tiny_llama, gate_layer=2)
-    g = vec.gate
-    g.languages, g.lid_layer, g.fpr = ("xaa", "xzz"), 0, 0.02
-    g.centroids = torch.randn(2, find_layers(tiny_llama).hidden_size)
-    mixture = load_mixture(_mixture_files(tmp_path))
-    points = (PointSpec("no-harm", 0.05, 0.02), PointSpec("recall", 0.2, 0.1))
+    tok, vec, mixture, points = _two_language_setup(tiny_llama, tmp_path)
     cfg = MixtureGateConfig(points=points, probe_widths=(8,), epochs=60, min_rows=5,
                             batch_size=16, progress=False, held_out_sources=False)
     fitted, _ = fit_mixture_gate(tiny_llama, tok, vec, mixture, cfg)
@@ -350,17 +357,7 @@ def test_retuned_points_keep_the_probe_and_match_a_fit_at_the_same_targets(tiny_
         "harmless_role"] == "lookalike"
     back = SteeringVector.load(out.save(tmp_path / "r.safetensors"))
     assert back.metadata() == out.metadata()
-    cal = mixture.part("calibration")
-    d = gate_decisions(tiny_llama, tok, back, [r.text for r in cal])
-    checked = 0
-    for role, limit in (("lookalike", 0.12), ("harmless", 0.05)):
-        idx = [i for i, r in enumerate(cal) if r.role == role]
-        for lang in ("xaa", "xzz"):
-            own = [i for i in idx if d.langs[i] == lang]
-            if len(own) >= 5:
-                assert float(d.fired[own].double().mean()) <= limit + 1e-9
-                checked += 1
-    assert checked >= 2
+    _keeps_targets_on_calibration(tiny_llama, tok, back, mixture, lookalike=0.12, harmless=0.05)
     with pytest.raises(FitConfigError, match="mixture gate"):
         retune_points(tiny_llama, tok, vec, mixture, cfg)
 
