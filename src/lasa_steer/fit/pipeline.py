@@ -195,7 +195,6 @@ def fit(model: nn.Module, tokenizer: Any, train: Sequence[Example], val: Sequenc
                                                 identify_only=identify_only)
         languages["identification_check"] = check_identification(
             model, tokenizer, vector.gate, identify_check or {}, cfg.batch_size, cfg.progress)
-    if cfg.language_gate:
         clock.mark("language gate")
     gated = gated_check(model, tokenizer, vector, val, cfg, judge)
     clock.mark("gated check (generation)")
